@@ -1,0 +1,37 @@
+import NIOCore
+
+/// Describe ('D'): asks for the description of a prepared statement or portal.
+public struct Describe: Equatable, Sendable {
+    /// Whether ``name`` refers to a statement ('S') or a portal ('P').
+    public typealias Kind = PGTargetKind
+
+    /// Statement or portal.
+    public var kind: Kind
+    /// The statement or portal name; empty for the unnamed one.
+    public var name: String
+
+    /// Creates a Describe message.
+    public init(kind: Kind, name: String) {
+        self.kind = kind
+        self.name = name
+    }
+
+    /// Decodes the payload (after identifier and length); the payload must be consumed exactly.
+    public static func decode(payload: inout ByteBuffer) throws -> Describe {
+        let byte = try payload.pgwireReadInteger(as: UInt8.self, "Describe")
+        guard let kind = Kind(rawValue: byte) else {
+            throw PGWireError.invalidValue("Describe: unknown target kind \(byte)")
+        }
+        let name = try payload.pgwireReadString("Describe name")
+        try payload.pgwireExpectEnd("Describe")
+        return Describe(kind: kind, name: name)
+    }
+
+    /// Writes the full frame including identifier and length.
+    public func encode(into buffer: inout ByteBuffer) {
+        buffer.pgwireWriteFrame(FrontendMessageID.describe.rawValue) { buffer in
+            buffer.writeInteger(self.kind.rawValue)
+            buffer.pgwireWriteString(self.name)
+        }
+    }
+}
