@@ -1,0 +1,124 @@
+import Crypto
+
+/// The cryptographic building blocks of SCRAM-SHA-256 (RFC 5802, RFC 7677).
+enum SCRAMPrimitives {
+    /// Length in bytes of SHA-256 output, and so of StoredKey, ServerKey, proofs and signatures.
+    static let keyLength = 32
+    /// Salt length PostgreSQL uses for new verifiers (SCRAM_DEFAULT_SALT_LEN).
+    static let defaultSaltLength = 16
+    /// Raw nonce length PostgreSQL uses before base64 (SCRAM_RAW_NONCE_LEN).
+    static let rawNonceLength = 18
+    /// PostgreSQL's default scram_iterations.
+    static let defaultIterations = 4096
+
+    /// Prepares a password the way PostgreSQL does before hashing it.
+    ///
+    /// PostgreSQL runs SASLprep (RFC 4013) on the password, but only when it is not
+    /// pure ASCII: an ASCII password is used exactly as is. When SASLprep fails
+    /// (invalid UTF-8, prohibited or unassigned code points, bidi violations)
+    /// PostgreSQL falls back to the raw bytes, so that any password stays usable.
+    /// We implement this "SASLprep-lite": ASCII passwords as is, every other password
+    /// as its raw UTF-8 bytes. This matches PostgreSQL for ASCII passwords and for
+    /// non-ASCII passwords that SASLprep leaves unchanged or rejects (most real ones,
+    /// which are already in NFKC form); it differs only for non-ASCII passwords that
+    /// SASLprep would rewrite (e.g. non-NFKC compositions, mapped-to-nothing or
+    /// non-ASCII space characters).
+    static func normalize(password: String) -> [UInt8] {
+        Array(password.utf8)
+    }
+
+    static func hmac(key: [UInt8], _ data: [UInt8]) -> [UInt8] {
+        Array(HMAC<SHA256>.authenticationCode(for: data, using: SymmetricKey(data: key)))
+    }
+
+    static func sha256(_ data: [UInt8]) -> [UInt8] {
+        Array(SHA256.hash(data: data))
+    }
+
+    /// PBKDF2-HMAC-SHA256 producing one 32-byte block: SCRAM's Hi(password, salt, i).
+    static func saltedPassword(_ password: [UInt8], salt: [UInt8], iterations: Int) -> [UInt8] {
+        precondition(iterations >= 1, "SCRAM iteration count must be at least 1")
+        let key = SymmetricKey(data: password)
+        var u = Array(HMAC<SHA256>.authenticationCode(for: salt + [0, 0, 0, 1], using: key))
+        var result = u
+        var remaining = iterations - 1
+        while remaining > 0 {
+            u = Array(HMAC<SHA256>.authenticationCode(for: u, using: key))
+            for j in 0..<result.count {
+                result[j] ^= u[j]
+            }
+            remaining -= 1
+        }
+        return result
+    }
+
+    static func clientKey(saltedPassword: [UInt8]) -> [UInt8] {
+        hmac(key: saltedPassword, Array("Client Key".utf8))
+    }
+
+    static func serverKey(saltedPassword: [UInt8]) -> [UInt8] {
+        hmac(key: saltedPassword, Array("Server Key".utf8))
+    }
+
+    static func xor(_ a: [UInt8], _ b: [UInt8]) -> [UInt8] {
+        precondition(a.count == b.count)
+        var out = a
+        for i in 0..<out.count {
+            out[i] ^= b[i]
+        }
+        return out
+    }
+
+    static func randomBytes(_ count: Int) -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    }
+
+    /// A fresh nonce as PostgreSQL makes one: 18 random bytes, base64-encoded (24 printable characters).
+    static func randomNonce() -> String {
+        SCRAMBase64.encode(randomBytes(rawNonceLength))
+    }
+
+    /// A nonce is printable ASCII (0x21...0x7E) except ',' (RFC 5802 section 7).
+    static func isValidNonce(_ nonce: Substring) -> Bool {
+        !nonce.isEmpty && nonce.utf8.allSatisfy { $0 >= 0x21 && $0 <= 0x7E && $0 != UInt8(ascii: ",") }
+    }
+}
+
+/// Helpers to split SCRAM messages into their "k=value" attributes.
+enum SCRAMMessage {
+    /// Decodes a message as UTF-8 text; rejects empty input, invalid UTF-8 and NUL bytes.
+    static func text(_ bytes: [UInt8], what: String) throws -> String {
+        guard !bytes.isEmpty else {
+            throw SCRAMError(.malformedMessage, "\(what) is empty")
+        }
+        guard !bytes.contains(0) else {
+            throw SCRAMError(.malformedMessage, "\(what) contains a NUL byte")
+        }
+        let string = String(decoding: bytes, as: UTF8.self)
+        guard string.utf8.elementsEqual(bytes) else {
+            throw SCRAMError(.malformedMessage, "\(what) is not valid UTF-8")
+        }
+        return string
+    }
+
+    /// Splits "a=1,b=2" into its comma-separated parts, keeping empty parts.
+    static func parts(_ text: Substring) -> [Substring] {
+        text.split(separator: ",", omittingEmptySubsequences: false)
+    }
+
+    /// Returns the value of an attribute part "k=value", checking that its key is `key`.
+    static func value(of part: Substring, key: Character, what: String) throws -> Substring {
+        guard part.count >= 2, part.first == key, part.dropFirst().first == "=" else {
+            throw SCRAMError(.malformedMessage, "expected attribute \"\(key)\" in \(what)")
+        }
+        return part.dropFirst(2)
+    }
+
+    /// Checks that a part is a syntactically valid attribute ("<letter>=<value>"), for extensions.
+    static func isAttribute(_ part: Substring) -> Bool {
+        guard part.count >= 2, let first = part.first, first.isASCII, first.isLetter,
+              part.dropFirst().first == "=" else { return false }
+        return true
+    }
+}

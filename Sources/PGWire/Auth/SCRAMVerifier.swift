@@ -1,0 +1,89 @@
+/// PostgreSQL's stored verifier: "SCRAM-SHA-256$<iterations>:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>"
+///
+/// This is the form found in `pg_authid.rolpassword` and accepted in the proxy's users file.
+/// It lets a server verify a client's proof without knowing the password.
+public struct SCRAMVerifier: Equatable, Sendable {
+    /// PBKDF2 iteration count (PostgreSQL's default is 4096).
+    public var iterations: Int
+    /// The salt used to derive SaltedPassword.
+    public var salt: [UInt8]
+    /// StoredKey = SHA-256(HMAC(SaltedPassword, "Client Key")), 32 bytes.
+    public var storedKey: [UInt8]
+    /// ServerKey = HMAC(SaltedPassword, "Server Key"), 32 bytes.
+    public var serverKey: [UInt8]
+
+    /// The scheme prefix of the stored form.
+    static let prefix = "SCRAM-SHA-256$"
+
+    /// Creates a verifier from its parts.
+    public init(iterations: Int, salt: [UInt8], storedKey: [UInt8], serverKey: [UInt8]) {
+        self.iterations = iterations
+        self.salt = salt
+        self.storedKey = storedKey
+        self.serverKey = serverKey
+    }
+
+    /// Parses PostgreSQL's stored form.
+    ///
+    /// - Throws: `SCRAMError` with code `.invalidVerifier` when the prefix is wrong, the iteration
+    ///   count is not a positive decimal integer, the salt is empty or not base64, or either key
+    ///   is not 32 bytes of base64.
+    public init(parsing text: String) throws {
+        func invalid(_ why: String) -> SCRAMError {
+            SCRAMError(.invalidVerifier, "invalid SCRAM-SHA-256 verifier: \(why)")
+        }
+        guard text.hasPrefix(Self.prefix) else {
+            throw invalid("missing \"SCRAM-SHA-256$\" prefix")
+        }
+        let body = text.dropFirst(Self.prefix.count)
+        let sections = body.split(separator: "$", omittingEmptySubsequences: false)
+        guard sections.count == 2 else {
+            throw invalid("expected \"<iterations>:<salt>$<StoredKey>:<ServerKey>\"")
+        }
+        let parameters = sections[0].split(separator: ":", omittingEmptySubsequences: false)
+        let keys = sections[1].split(separator: ":", omittingEmptySubsequences: false)
+        guard parameters.count == 2, keys.count == 2 else {
+            throw invalid("expected \"<iterations>:<salt>$<StoredKey>:<ServerKey>\"")
+        }
+        let iterationText = parameters[0]
+        guard !iterationText.isEmpty, iterationText.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+              let iterations = Int(iterationText), iterations >= 1, iterations <= Int(Int32.max) else {
+            throw invalid("iteration count must be a positive integer")
+        }
+        guard let salt = SCRAMBase64.decode(parameters[1]), !salt.isEmpty else {
+            throw invalid("salt is not valid base64")
+        }
+        guard let storedKey = SCRAMBase64.decode(keys[0]), storedKey.count == SCRAMPrimitives.keyLength else {
+            throw invalid("StoredKey is not 32 bytes of base64")
+        }
+        guard let serverKey = SCRAMBase64.decode(keys[1]), serverKey.count == SCRAMPrimitives.keyLength else {
+            throw invalid("ServerKey is not 32 bytes of base64")
+        }
+        self.init(iterations: iterations, salt: salt, storedKey: storedKey, serverKey: serverKey)
+    }
+
+    /// Derives a verifier from a password, as PostgreSQL's `scram_build_secret` does.
+    ///
+    /// The password is prepared as described on PostgreSQL's SASLprep handling: ASCII as is,
+    /// anything else as raw UTF-8 bytes (see `SCRAMPrimitives.normalize(password:)`).
+    /// - Parameters:
+    ///   - password: the clear-text password.
+    ///   - salt: the salt; 16 random bytes when nil.
+    ///   - iterations: PBKDF2 iteration count, at least 1.
+    public static func make(password: String, salt: [UInt8]? = nil, iterations: Int = 4096) -> SCRAMVerifier {
+        let salt = salt ?? SCRAMPrimitives.randomBytes(SCRAMPrimitives.defaultSaltLength)
+        let salted = SCRAMPrimitives.saltedPassword(
+            SCRAMPrimitives.normalize(password: password), salt: salt, iterations: iterations)
+        let clientKey = SCRAMPrimitives.clientKey(saltedPassword: salted)
+        return SCRAMVerifier(
+            iterations: iterations,
+            salt: salt,
+            storedKey: SCRAMPrimitives.sha256(clientKey),
+            serverKey: SCRAMPrimitives.serverKey(saltedPassword: salted))
+    }
+
+    /// The stored form, "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".
+    public var stringValue: String {
+        "\(Self.prefix)\(iterations):\(SCRAMBase64.encode(salt))$\(SCRAMBase64.encode(storedKey)):\(SCRAMBase64.encode(serverKey))"
+    }
+}
