@@ -1,0 +1,96 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+@main
+struct TenantProxyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tenant-proxy",
+        abstract: "A PostgreSQL wire-protocol proxy that binds every connection to a tenant.",
+        subcommands: [RunCommand.self, CheckConfigCommand.self, HashPasswordCommand.self, DemoCommand.self],
+        defaultSubcommand: RunCommand.self
+    )
+}
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the proxy (the default command).")
+
+    @Option(name: .long, help: "Path of proxy.conf (TOML).")
+    var config: String = "proxy.conf"
+
+    func run() throws {
+        let proxyConfig: ProxyConfig
+        let users: UserDirectory
+        do {
+            proxyConfig = try ProxyConfig.load(path: config)
+            users = try UserDirectory.load(path: proxyConfig.auth.usersFile)
+        } catch let error as ConfigError {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let logger = ProxyLogging.makeLogger(level: proxyConfig.log.level)
+        let server = ProxyServer(runtime: ProxyRuntime(config: proxyConfig, users: users, logger: logger))
+        try server.start()
+        let usersFile = proxyConfig.auth.usersFile
+        let signals = server.installSignalHandlers {
+            do {
+                server.runtime.replaceUsers(try UserDirectory.load(path: usersFile))
+                logger.info("reloaded users file")
+            } catch {
+                logger.error("reload failed; the previous users stay in force", metadata: ["error": "\(error)"])
+            }
+        }
+        server.waitUntilStopped()
+        withExtendedLifetime(signals) {}
+    }
+}
+
+struct CheckConfigCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config", abstract: "Validate a proxy.conf and the files it names; report each problem with its key and a fix.")
+
+    @Argument(help: "Path of proxy.conf.")
+    var file: String
+
+    func run() throws {
+        do {
+            let config = try ProxyConfig.load(path: file)
+            _ = try UserDirectory.load(path: config.auth.usersFile)
+        } catch let error as ConfigError {
+            for problem in error.problems {
+                print("\(error.file): \(problem)")
+            }
+            throw ExitCode(1)
+        }
+        print("OK")
+    }
+}
+
+struct HashPasswordCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hash-password",
+        abstract: "Print a SCRAM-SHA-256 verifier for the users file (reads the password from stdin if --password is absent).")
+
+    @Option(help: "The password (prefer stdin: command lines are visible to other users).")
+    var password: String?
+
+    @Option(help: "PBKDF2 iterations.")
+    var iterations: Int = 4096
+
+    func validate() throws {
+        guard (1...10_000_000).contains(iterations) else {
+            throw ValidationError("--iterations must be 1-10000000")
+        }
+    }
+
+    func run() throws {
+        var secret = password
+        if secret == nil {
+            secret = readLine(strippingNewline: true)
+        }
+        guard let secret, !secret.isEmpty else {
+            throw ValidationError("no password given (use --password or pipe it on stdin)")
+        }
+        print(SCRAMVerifierFactory.make(password: secret, iterations: iterations))
+    }
+}

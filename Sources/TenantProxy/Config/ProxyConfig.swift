@@ -1,0 +1,161 @@
+import Foundation
+import TOMLKit
+
+/// The proxy's configuration (`proxy.conf`, TOML). Every key is documented in proxy.conf.example.
+struct ProxyConfig: Sendable {
+    struct Server: Sendable {
+        var listenHost = "127.0.0.1"
+        var listenPort = 6432
+        var maxMessageBytes = 64 * 1024 * 1024
+        var maxClientConnections = 10_000
+        var shutdownTimeoutSeconds = 30
+        var eventLoopThreads = 0
+    }
+
+    struct Auth: Sendable {
+        /// Absolute path of the users file (resolved against the config file's folder).
+        var usersFile = ""
+        var trustLoopback = false
+    }
+
+    struct Upstream: Sendable {
+        var host = "127.0.0.1"
+        var port = 5432
+        var user = "postgres"
+        var password: String? = nil
+        /// Empty: the client's own database name.
+        var database = ""
+        var connectTimeoutSeconds = 5
+    }
+
+    struct Log: Sendable {
+        var level = "info"
+    }
+
+    var server = Server()
+    var auth = Auth()
+    var upstream = Upstream()
+    var log = Log()
+
+    static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// Parses and validates; throws `ConfigError` listing every problem.
+    static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> ProxyConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError(file: path, problems: [
+                ConfigProblem(key: "(file)", problem: "cannot be read", fix: "check the path and its permissions")
+            ])
+        }
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
+        return try parse(text, file: path, baseDirectory: base, environment: environment)
+    }
+
+    static func parse(
+        _ text: String,
+        file: String,
+        baseDirectory: String,
+        environment: [String: String]
+    ) throws -> ProxyConfig {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch {
+            throw ConfigError(file: file, problems: [
+                ConfigProblem(key: "(syntax)", problem: "not valid TOML: \(error)", fix: "correct the syntax at the position shown")
+            ])
+        }
+        var reader = TOMLSectionReader(root: root)
+        var config = ProxyConfig()
+
+        config.server.listenHost = reader.string("server", "listen_host", default: config.server.listenHost)
+        config.server.listenPort = reader.int("server", "listen_port", default: config.server.listenPort, range: 1...65535)
+        config.server.maxMessageBytes = reader.int(
+            "server", "max_message_bytes", default: config.server.maxMessageBytes, range: 1024...(1 << 30))
+        config.server.maxClientConnections = reader.int(
+            "server", "max_client_connections", default: config.server.maxClientConnections, range: 1...1_000_000)
+        config.server.shutdownTimeoutSeconds = reader.int(
+            "server", "shutdown_timeout_seconds", default: config.server.shutdownTimeoutSeconds, range: 0...86_400)
+        config.server.eventLoopThreads = reader.int(
+            "server", "event_loop_threads", default: config.server.eventLoopThreads, range: 0...256)
+
+        let usersFile = reader.string("auth", "users_file", default: "users.toml")
+        config.auth.usersFile = resolve(usersFile, against: baseDirectory)
+        config.auth.trustLoopback = reader.bool("auth", "trust_loopback", default: false)
+        if !FileManager.default.isReadableFile(atPath: config.auth.usersFile) {
+            reader.problem("auth.users_file", "file \(config.auth.usersFile) cannot be read",
+                           fix: "create it (see users.toml.example) or point users_file at it")
+        }
+
+        config.upstream.host = reader.string("upstream", "host", default: config.upstream.host)
+        config.upstream.port = reader.int("upstream", "port", default: config.upstream.port, range: 1...65535)
+        config.upstream.user = reader.string("upstream", "user", default: config.upstream.user)
+        config.upstream.database = reader.string("upstream", "database", default: "")
+        config.upstream.connectTimeoutSeconds = reader.int(
+            "upstream", "connect_timeout_seconds", default: config.upstream.connectTimeoutSeconds, range: 1...600)
+        config.upstream.password = SecretSource.read(
+            section: "upstream", key: "password", reader: &reader, baseDirectory: baseDirectory, environment: environment)
+        if config.upstream.host.isEmpty {
+            reader.problem("upstream.host", "must not be empty", fix: "set the address of the PostgreSQL server")
+        }
+        if config.upstream.user.isEmpty {
+            reader.problem("upstream.user", "must not be empty", fix: "set the role the proxy logs in as")
+        }
+
+        config.log.level = reader.string("log", "level", default: "info").lowercased()
+        if !logLevels.contains(config.log.level) {
+            reader.problem("log.level", "unknown level \(config.log.level)", fix: "use one of \(logLevels.joined(separator: ", "))")
+        }
+
+        reader.reportUnknownKeys()
+        if !reader.problems.isEmpty {
+            throw ConfigError(file: file, problems: reader.problems)
+        }
+        return config
+    }
+
+    static func resolve(_ path: String, against base: String) -> String {
+        if path.hasPrefix("/") { return path }
+        return URL(fileURLWithPath: base).appendingPathComponent(path).standardizedFileURL.path
+    }
+}
+
+/// A secret given inline (`KEY`), in a file (`KEY_file`) or in an environment variable (`KEY_env`).
+/// The value is never logged and never placed in an error text.
+enum SecretSource {
+    static func read(
+        section: String,
+        key: String,
+        reader: inout TOMLSectionReader,
+        baseDirectory: String,
+        environment: [String: String]
+    ) -> String? {
+        let inline = reader.optionalString(section, key)
+        let file = reader.optionalString(section, "\(key)_file")
+        let env = reader.optionalString(section, "\(key)_env")
+        let given = [inline, file, env].compactMap { $0 }.count
+        if given > 1 {
+            reader.problem("\(section).\(key)", "is given more than one way",
+                           fix: "keep only one of \(key), \(key)_file and \(key)_env")
+        }
+        if let file {
+            let path = ProxyConfig.resolve(file, against: baseDirectory)
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                reader.problem("\(section).\(key)_file", "file \(path) cannot be read", fix: "check the path and its permissions")
+                return nil
+            }
+            return text.trimmingCharacters(in: .newlines)
+        }
+        if let env {
+            guard let value = environment[env] else {
+                reader.problem("\(section).\(key)_env", "environment variable \(env) is not set",
+                               fix: "export \(env) before starting the proxy")
+                return nil
+            }
+            return value
+        }
+        return inline
+    }
+}

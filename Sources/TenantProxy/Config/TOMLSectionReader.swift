@@ -1,0 +1,104 @@
+import TOMLKit
+
+/// Reads typed keys out of a parsed TOML document, collecting every problem (wrong type, out of
+/// range, unknown key) with the key's dotted name, so `check-config` can report them all at once.
+struct TOMLSectionReader {
+    private let root: TOMLTable
+    private(set) var problems: [ConfigProblem] = []
+    /// Keys each section may hold; anything else is reported as unknown (usually a typo).
+    private var known: [String: Set<String>] = [:]
+
+    init(root: TOMLTable) {
+        self.root = root
+    }
+
+    mutating func problem(_ key: String, _ problem: String, fix: String) {
+        problems.append(ConfigProblem(key: key, problem: problem, fix: fix))
+    }
+
+    private mutating func value(_ section: String, _ key: String) -> TOMLValueConvertible? {
+        known[section, default: []].insert(key)
+        if section.isEmpty { return root[key] }
+        guard let table = root[section]?.table else { return nil }
+        return table[key]
+    }
+
+    private static func dotted(_ section: String, _ key: String) -> String {
+        section.isEmpty ? key : "\(section).\(key)"
+    }
+
+    mutating func string(_ section: String, _ key: String, default defaultValue: String) -> String {
+        guard let raw = value(section, key) else { return defaultValue }
+        guard let text = raw.string else {
+            problem(Self.dotted(section, key), "must be a string", fix: "quote the value, e.g. \(key) = \"...\"")
+            return defaultValue
+        }
+        return text
+    }
+
+    mutating func optionalString(_ section: String, _ key: String) -> String? {
+        guard value(section, key) != nil else { return nil }
+        let text = string(section, key, default: "")
+        return text
+    }
+
+    mutating func int(_ section: String, _ key: String, default defaultValue: Int, range: ClosedRange<Int>) -> Int {
+        guard let raw = value(section, key) else { return defaultValue }
+        guard let number = raw.int else {
+            problem(Self.dotted(section, key), "must be an integer", fix: "write a number without quotes, e.g. \(key) = \(defaultValue)")
+            return defaultValue
+        }
+        guard range.contains(number) else {
+            problem(
+                Self.dotted(section, key),
+                "must be \(range.lowerBound)-\(range.upperBound) (got \(number))",
+                fix: "use a value in that range, e.g. \(defaultValue)"
+            )
+            return defaultValue
+        }
+        return number
+    }
+
+    mutating func bool(_ section: String, _ key: String, default defaultValue: Bool) -> Bool {
+        guard let raw = value(section, key) else { return defaultValue }
+        guard let flag = raw.bool else {
+            problem(Self.dotted(section, key), "must be true or false", fix: "write \(key) = true or \(key) = false")
+            return defaultValue
+        }
+        return flag
+    }
+
+    mutating func stringArray(_ section: String, _ key: String, default defaultValue: [String]) -> [String] {
+        guard let raw = value(section, key) else { return defaultValue }
+        guard let array = raw.array else {
+            problem(Self.dotted(section, key), "must be an array of strings", fix: "write \(key) = [\"a\", \"b\"]")
+            return defaultValue
+        }
+        var result: [String] = []
+        for element in array {
+            guard let text = element.string else {
+                problem(Self.dotted(section, key), "must contain only strings", fix: "quote every element")
+                return defaultValue
+            }
+            result.append(text)
+        }
+        return result
+    }
+
+    /// Reports sections and keys that no reader asked for.
+    mutating func reportUnknownKeys() {
+        for top in root.keys {
+            if let table = root[top]?.table, known[top] != nil || known[""]?.contains(top) != true {
+                guard let allowed = known[top] else {
+                    problem(top, "unknown section", fix: "remove it or check the spelling against proxy.conf.example")
+                    continue
+                }
+                for key in table.keys where !allowed.contains(key) {
+                    problem("\(top).\(key)", "unknown key", fix: "remove it or check the spelling against proxy.conf.example")
+                }
+            } else if known[""]?.contains(top) != true {
+                problem(top, "unknown key", fix: "remove it or check the spelling against proxy.conf.example")
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+import ArgumentParser
+import Foundation
+import NIOPosix
+
+/// `tenant-proxy demo`: a throwaway local PostgreSQL with the demo schema, and the proxy in front of
+/// it, in one command. Ctrl-C or SIGTERM stops the proxy and that PostgreSQL cleanly.
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Start a local throwaway PostgreSQL with a demo schema and two tenants, and the proxy in front of it.")
+
+    @Option(help: "Port the proxy listens on (127.0.0.1).")
+    var port: Int = 6432
+
+    @Option(name: .customLong("data-dir"), help: "Folder for the demo's PostgreSQL, config and logs (created or reused).")
+    var dataDir: String = ".demo"
+
+    @Option(name: .customLong("sql-dir"), help: "Folder with the deploy/sql scripts (default: found from the current folder).")
+    var sqlDir: String?
+
+    func validate() throws {
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be 1-65535") }
+    }
+
+    func run() throws {
+        let fileManager = FileManager.default
+        let root = URL(fileURLWithPath: dataDir, relativeTo: URL(fileURLWithPath: fileManager.currentDirectoryPath))
+            .standardizedFileURL.path
+        try fileManager.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let sql = try sqlDir ?? Self.findSQLDirectory()
+        let state = try DemoState.loadOrCreate(at: root + "/demo-state.toml")
+
+        let postgres = LocalPostgres(
+            dataDirectory: root + "/pgdata", socketDirectory: root + "/run", port: state.postgresPort,
+            binDirectory: try LocalPostgres.findBinDirectory())
+        let fresh = !postgres.isInitialized
+        if fresh {
+            print("creating a PostgreSQL cluster in \(postgres.dataDirectory) ...")
+            fflush(stdout)
+            try postgres.initialize(superuserPassword: state.superuserPassword)
+        }
+        try postgres.start()
+        var stopped = false
+        let stopPostgres = {
+            guard !stopped else { return }
+            stopped = true
+            print("stopping the demo PostgreSQL ...")
+            do { try postgres.stop() } catch { print("\(error)") }
+        }
+        do {
+            if fresh || !state.schemaLoaded {
+                try loadSchema(postgres: postgres, sqlDirectory: sql, state: state)
+                var loaded = state
+                loaded.schemaLoaded = true
+                try loaded.save(to: root + "/demo-state.toml")
+            }
+            let configPath = try writeConfig(root: root, state: state, postgresPort: postgres.port)
+            try runProxy(configPath: configPath, state: state)
+        } catch {
+            stopPostgres()
+            throw error
+        }
+        stopPostgres()
+    }
+
+    private static func findSQLDirectory() throws -> String {
+        var candidates = [FileManager.default.currentDirectoryPath]
+        var executable = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<5 {
+            candidates.append(executable.path)
+            executable.deleteLastPathComponent()
+        }
+        for base in candidates {
+            let path = base + "/deploy/sql"
+            if FileManager.default.fileExists(atPath: path + "/01_nile_schema.sql") { return path }
+        }
+        throw ValidationError("deploy/sql not found; run from the repository folder or pass --sql-dir")
+    }
+
+    private func loadSchema(postgres: LocalPostgres, sqlDirectory: String, state: DemoState) throws {
+        print("loading the demo schema ...")
+        let exists = try postgres.psql("select 1 from pg_database where datname = 'demo'", variables: [:])
+        if !exists.contains("1") {
+            try postgres.psql("create database demo")
+        }
+        let variables = ["proxy_password": state.proxyPassword, "owner_password": state.ownerPassword]
+        for file in ["01_nile_schema.sql", "02_tenant_context.sql", "03_rls.sql", "04_roles.sql", "05_demo.sql"] {
+            let text = try String(contentsOfFile: sqlDirectory + "/" + file, encoding: .utf8)
+            try postgres.psql(text, database: "demo", variables: variables)
+        }
+    }
+
+    private func writeConfig(root: String, state: DemoState, postgresPort: Int) throws -> String {
+        var users = "# Demo users of tenant-proxy (written by `tenant-proxy demo`).\n"
+        for (name, password) in DemoState.demoUsers {
+            users += "\n[users.\(name)]\npassword = \"\(SCRAMVerifierFactory.make(password: password, iterations: 4096))\"\n"
+        }
+        try users.write(toFile: root + "/users.toml", atomically: true, encoding: .utf8)
+        let config = """
+            # Written by `tenant-proxy demo`; see proxy.conf.example for every key.
+            [server]
+            listen_host = "127.0.0.1"
+            listen_port = \(port)
+            shutdown_timeout_seconds = 5
+
+            [auth]
+            users_file = "users.toml"
+
+            [upstream]
+            host = "127.0.0.1"
+            port = \(postgresPort)
+            user = "tenant_proxy"
+            password_file = "upstream-password"
+            database = "demo"
+
+            [log]
+            level = "info"
+
+            """
+        try (state.proxyPassword + "\n").write(toFile: root + "/upstream-password", atomically: true, encoding: .utf8)
+        chmod(root + "/upstream-password", 0o600)
+        let path = root + "/proxy.conf"
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    private func runProxy(configPath: String, state: DemoState) throws {
+        let config = try ProxyConfig.load(path: configPath)
+        let users = try UserDirectory.load(path: config.auth.usersFile)
+        let logger = ProxyLogging.makeLogger(level: config.log.level)
+        let server = ProxyServer(runtime: ProxyRuntime(config: config, users: users, logger: logger))
+        try server.start()
+        let signals = server.installSignalHandlers {}
+        print("")
+        print("tenant-proxy demo is listening on 127.0.0.1:\(port). Connect with:")
+        for (name, password) in DemoState.demoUsers {
+            print("  PGPASSWORD=\(password) psql -h 127.0.0.1 -p \(port) -U \(name) demo")
+        }
+        print("Config: \(configPath). Press Ctrl-C to stop the proxy and the demo PostgreSQL.")
+        fflush(stdout)
+        server.waitUntilStopped()
+        withExtendedLifetime(signals) {}
+    }
+}
+
+/// What the demo keeps between runs: ports and generated passwords.
+struct DemoState {
+    static let demoUsers: [(String, String)] = [("alice", "alice-demo"), ("bob", "bob-demo")]
+
+    var postgresPort: Int
+    var superuserPassword: String
+    var proxyPassword: String
+    var ownerPassword: String
+    var schemaLoaded: Bool
+
+    static func loadOrCreate(at path: String) throws -> DemoState {
+        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+            var values: [String: String] = [:]
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                if parts.count == 2 { values[parts[0]] = parts[1].trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }
+            }
+            if let port = values["postgres_port"].flatMap(Int.init), let superuser = values["superuser_password"],
+               let proxy = values["proxy_password"], let owner = values["owner_password"] {
+                return DemoState(postgresPort: port, superuserPassword: superuser, proxyPassword: proxy,
+                                 ownerPassword: owner, schemaLoaded: values["schema_loaded"] == "true")
+            }
+        }
+        let state = DemoState(postgresPort: try freePort(), superuserPassword: randomPassword(),
+                              proxyPassword: randomPassword(), ownerPassword: randomPassword(), schemaLoaded: false)
+        try state.save(to: path)
+        return state
+    }
+
+    func save(to path: String) throws {
+        let text = """
+            postgres_port = \(postgresPort)
+            superuser_password = "\(superuserPassword)"
+            proxy_password = "\(proxyPassword)"
+            owner_password = "\(ownerPassword)"
+            schema_loaded = \(schemaLoaded)
+
+            """
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o600)
+    }
+
+    private static func randomPassword() -> String {
+        let alphabet = Array("abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789")
+        var generator = SystemRandomNumberGenerator()
+        return String((0..<24).map { _ in alphabet.randomElement(using: &generator)! })
+    }
+
+    /// A port nobody listens on now: bind port 0 and read what the kernel chose.
+    private static func freePort() throws -> Int {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let channel = try ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).wait()
+        let port = channel.localAddress?.port ?? 55432
+        try channel.close().wait()
+        return port
+    }
+}

@@ -1,0 +1,86 @@
+import Dispatch
+import Logging
+import NIOCore
+import NIOPosix
+
+/// The listener: accepts clients, gives each a `ClientSession`, and drains on shutdown.
+final class ProxyServer: @unchecked Sendable {
+    let runtime: ProxyRuntime
+    let group: MultiThreadedEventLoopGroup
+    private var listener: Channel?
+    private let done: EventLoopPromise<Void>
+
+    init(runtime: ProxyRuntime) {
+        self.runtime = runtime
+        let threads = runtime.config.server.eventLoopThreads
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads > 0 ? threads : System.coreCount)
+        self.done = group.next().makePromise(of: Void.self)
+    }
+
+    /// The address actually bound (useful when the port is 0).
+    var localAddress: SocketAddress? { listener?.localAddress }
+
+    func start() throws {
+        let runtime = self.runtime
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 1024)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.pipeline.addHandler(ClientChannelHandler(runtime: runtime))
+            }
+        let config = runtime.config.server
+        listener = try bootstrap.bind(host: config.listenHost, port: config.listenPort).wait()
+        runtime.logger.info("listening", metadata: ["address": "\(listener?.localAddress.map { "\($0)" } ?? "?")"])
+    }
+
+    /// Stops accepting, lets sessions finish up to the configured timeout, then closes the rest.
+    func shutdown() {
+        guard !runtime.isDraining else { return }
+        runtime.startDraining()
+        let timeout = runtime.config.server.shutdownTimeoutSeconds
+        runtime.logger.info("draining", metadata: ["sessions": "\(runtime.registry.count)", "timeout_seconds": "\(timeout)"])
+        let listener = self.listener
+        let done = self.done
+        let runtime = self.runtime
+        (listener?.close() ?? group.next().makeSucceededVoidFuture()).whenComplete { _ in
+            for session in runtime.registry.allSessions {
+                session.client.eventLoop.execute { session.drain() }
+            }
+            let deadline = done.futureResult.eventLoop.scheduleTask(in: .seconds(Int64(timeout))) {
+                let left = runtime.registry.allSessions
+                if !left.isEmpty {
+                    runtime.logger.info("drain timeout: closing sessions", metadata: ["sessions": "\(left.count)"])
+                }
+                for session in left {
+                    session.client.eventLoop.execute { session.terminate() }
+                }
+            }
+            runtime.registry.whenEmpty {
+                deadline.cancel()
+                done.succeed(())
+            }
+        }
+    }
+
+    /// Blocks until `shutdown()` has finished draining, then stops the event loops.
+    func waitUntilStopped() {
+        try? done.futureResult.wait()
+        runtime.logger.info("stopped")
+        try? group.syncShutdownGracefully()
+    }
+
+    /// SIGTERM and SIGINT drain; SIGHUP reloads the users file.
+    func installSignalHandlers(reload: @escaping () -> Void) -> [DispatchSourceSignal] {
+        var sources: [DispatchSourceSignal] = []
+        for (signalNumber, action) in [(SIGTERM, { [self] in shutdown() }), (SIGINT, { [self] in shutdown() }), (SIGHUP, reload)] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler(handler: action)
+            source.resume()
+            sources.append(source)
+        }
+        return sources
+    }
+}

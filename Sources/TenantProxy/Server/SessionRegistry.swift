@@ -1,0 +1,88 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import PGWire
+
+/// Every live client session, keyed by the BackendKeyData the proxy handed out. Used to route
+/// CancelRequests, to enforce the global client limit and to drain on shutdown.
+///
+/// One lock around plain dictionaries; callers never run session code while holding it.
+final class SessionRegistry: @unchecked Sendable {
+    struct CancelTarget: Equatable {
+        var key: BackendKeyData
+        var host: String
+        var port: Int
+    }
+
+    private struct Entry {
+        var secret: Int32
+        var session: ClientSession
+        var cancelTarget: CancelTarget?
+    }
+
+    private let lock = NIOLock()
+    private var entries: [Int32: Entry] = [:]
+    private var onEmpty: (() -> Void)?
+    private var generator = SystemRandomNumberGenerator()
+    let maxSessions: Int
+
+    init(maxSessions: Int) {
+        self.maxSessions = maxSessions
+    }
+
+    var count: Int { lock.withLock { entries.count } }
+
+    /// Registers a session and returns the key the client will use to cancel its queries, or nil
+    /// when the global client limit is reached.
+    func register(_ session: ClientSession) -> BackendKeyData? {
+        lock.withLock {
+            guard entries.count < maxSessions else { return nil }
+            var processID: Int32
+            repeat {
+                processID = Int32.random(in: 1...Int32.max, using: &generator)
+            } while entries[processID] != nil
+            let secret = Int32.random(in: Int32.min...Int32.max, using: &generator)
+            entries[processID] = Entry(secret: secret, session: session, cancelTarget: nil)
+            return BackendKeyData(processID: processID, secretKey: secret)
+        }
+    }
+
+    func setCancelTarget(_ target: CancelTarget?, for processID: Int32) {
+        lock.withLock { entries[processID]?.cancelTarget = target }
+    }
+
+    func unregister(_ processID: Int32) {
+        let callback: (() -> Void)? = lock.withLock {
+            entries.removeValue(forKey: processID)
+            if entries.isEmpty, let onEmpty {
+                self.onEmpty = nil
+                return onEmpty
+            }
+            return nil
+        }
+        callback?()
+    }
+
+    /// The upstream query a cancel request names, when its secret matches (compared in constant time).
+    func cancelTarget(for request: CancelRequest) -> CancelTarget? {
+        lock.withLock {
+            guard let entry = entries[request.processID] else { return nil }
+            let difference = entry.secret ^ request.secretKey
+            guard difference == 0 else { return nil }
+            return entry.cancelTarget
+        }
+    }
+
+    var allSessions: [ClientSession] {
+        lock.withLock { entries.values.map(\.session) }
+    }
+
+    /// Calls `callback` once when no session is left (at once if none is).
+    func whenEmpty(_ callback: @escaping () -> Void) {
+        let runNow: Bool = lock.withLock {
+            if entries.isEmpty { return true }
+            onEmpty = callback
+            return false
+        }
+        if runNow { callback() }
+    }
+}

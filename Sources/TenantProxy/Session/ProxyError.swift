@@ -1,0 +1,85 @@
+import PGWire
+
+/// An error the proxy reports to a client. Knows how to render itself as an ErrorResponse, so every
+/// refusal carries a SQLSTATE, a message and a hint. Texts never name hosts, other tenants or secrets.
+struct ProxyError: Error, Equatable, CustomStringConvertible {
+    enum Severity: String, Equatable {
+        case error = "ERROR"
+        case fatal = "FATAL"
+    }
+
+    var severity: Severity
+    var sqlState: String
+    var message: String
+    var detail: String?
+    var hint: String?
+
+    var description: String { "\(severity.rawValue) \(sqlState): \(message)" }
+
+    var errorResponse: ErrorResponse {
+        ErrorResponse(severity: severity.rawValue, sqlState: sqlState, message: message, detail: detail, hint: hint)
+    }
+
+    // MARK: - Connection and authentication
+
+    /// Same text whether the user is unknown or the password wrong: no user enumeration.
+    static func authenticationFailed(user: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "28P01",
+                   message: "password authentication failed for user \"\(user)\"",
+                   hint: "Check the user name and password the proxy was given.")
+    }
+
+    static let noUserName = ProxyError(
+        severity: .fatal, sqlState: "28000", message: "no PostgreSQL user name specified in startup packet",
+        hint: "Pass a user name, e.g. psql -U NAME.")
+
+    static func unsupportedProtocol(_ version: UInt32) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "0A000",
+                   message: "unsupported frontend protocol \(version >> 16).\(version & 0xFFFF): server supports 3.0",
+                   hint: "Use a client that speaks protocol 3.0.")
+    }
+
+    static let replicationUnsupported = ProxyError(
+        severity: .fatal, sqlState: "0A000", message: "replication connections are not supported by tenant-proxy",
+        hint: "Connect replication clients to PostgreSQL directly.")
+
+    static let tlsUnavailable = ProxyError(
+        severity: .fatal, sqlState: "08P01", message: "the proxy does not offer TLS on this listener",
+        hint: "Connect with sslmode=disable or prefer.")
+
+    static func protocolViolation(_ what: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "08P01", message: "invalid frontend message: \(what)",
+                   hint: "The client sent bytes that are not PostgreSQL protocol 3.0; the connection was closed.")
+    }
+
+    static let tooManyClients = ProxyError(
+        severity: .fatal, sqlState: "53300", message: "sorry, too many clients already",
+        hint: "Raise server.max_client_connections or close idle connections.")
+
+    static let shuttingDown = ProxyError(
+        severity: .fatal, sqlState: "57P01", message: "terminating connection because the proxy is shutting down",
+        hint: "Reconnect; another proxy instance or the restarted one will serve you.")
+
+    static let notAcceptingConnections = ProxyError(
+        severity: .fatal, sqlState: "57P03", message: "the proxy is shutting down and accepts no new connections",
+        hint: "Retry against another proxy instance or after the restart.")
+
+    // MARK: - Upstream
+
+    static let upstreamUnavailable = ProxyError(
+        severity: .fatal, sqlState: "08006", message: "could not connect to the upstream database server",
+        hint: "The database behind the proxy is unreachable; retry shortly or ask the operator.")
+
+    static let upstreamLost = ProxyError(
+        severity: .fatal, sqlState: "08006", message: "connection to the upstream database server was lost",
+        hint: "Reconnect; any open transaction was rolled back.")
+
+    static let upstreamAuthenticationFailed = ProxyError(
+        severity: .fatal, sqlState: "08006", message: "the proxy could not log in to the upstream database server",
+        hint: "The proxy's upstream credentials are misconfigured; ask the operator.")
+
+    static func upstreamProtocol(_ what: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "08006", message: "unexpected reply from the upstream database server",
+                   detail: what, hint: "Reconnect; if it persists ask the operator.")
+    }
+}
