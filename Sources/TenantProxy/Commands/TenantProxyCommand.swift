@@ -7,7 +7,7 @@ struct TenantProxyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tenant-proxy",
         abstract: "A PostgreSQL wire-protocol proxy that binds every connection to a tenant.",
-        subcommands: [RunCommand.self, CheckConfigCommand.self, HashPasswordCommand.self, DemoCommand.self],
+        subcommands: [RunCommand.self, CheckConfigCommand.self, HashPasswordCommand.self, DemoCommand.self, AuditCommand.self],
         defaultSubcommand: RunCommand.self
     )
 }
@@ -20,26 +20,18 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         let proxyConfig: ProxyConfig
-        let users: UserDirectory
+        let map: TenantMap
         do {
             proxyConfig = try ProxyConfig.load(path: config)
-            users = try UserDirectory.load(path: proxyConfig.auth.usersFile)
+            map = try TenantMap.load(path: proxyConfig.tenancy.mapFile)
         } catch let error as ConfigError {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(2)
         }
         let logger = ProxyLogging.makeLogger(level: proxyConfig.log.level)
-        let server = ProxyServer(runtime: ProxyRuntime(config: proxyConfig, users: users, logger: logger))
+        let server = ProxyServer(runtime: ProxyRuntime(config: proxyConfig, map: map, logger: logger))
         try server.start()
-        let usersFile = proxyConfig.auth.usersFile
-        let signals = server.installSignalHandlers {
-            do {
-                server.runtime.replaceUsers(try UserDirectory.load(path: usersFile))
-                logger.info("reloaded users file")
-            } catch {
-                logger.error("reload failed; the previous users stay in force", metadata: ["error": "\(error)"])
-            }
-        }
+        let signals = server.installSignalHandlers()
         server.waitUntilStopped()
         withExtendedLifetime(signals) {}
     }
@@ -55,7 +47,7 @@ struct CheckConfigCommand: ParsableCommand {
     func run() throws {
         do {
             let config = try ProxyConfig.load(path: file)
-            _ = try UserDirectory.load(path: config.auth.usersFile)
+            _ = try TenantMap.load(path: config.tenancy.mapFile)
         } catch let error as ConfigError {
             for problem in error.problems {
                 print("\(error.file): \(problem)")

@@ -13,9 +13,17 @@ struct ProxyConfig: Sendable {
     }
 
     struct Auth: Sendable {
-        /// Absolute path of the users file (resolved against the config file's folder).
-        var usersFile = ""
         var trustLoopback = false
+    }
+
+    struct Tenancy: Sendable {
+        /// Absolute path of the tenant map (resolved against the config file's folder).
+        var mapFile = ""
+        var tenantSetting = "nile.tenant_id"
+        var userSetting = "nile.user_id"
+        var userSeparator = "."
+        var lookupUpstream = true
+        var lookupCacheSeconds = 30
     }
 
     struct Upstream: Sendable {
@@ -23,6 +31,9 @@ struct ProxyConfig: Sendable {
         var port = 5432
         var user = "postgres"
         var password: String? = nil
+        /// Role for global-mode users (migrations, admin); nil: the same as `user`.
+        var globalUser: String? = nil
+        var globalPassword: String? = nil
         /// Empty: the client's own database name.
         var database = ""
         var connectTimeoutSeconds = 5
@@ -34,6 +45,7 @@ struct ProxyConfig: Sendable {
 
     var server = Server()
     var auth = Auth()
+    var tenancy = Tenancy()
     var upstream = Upstream()
     var log = Log()
 
@@ -81,13 +93,30 @@ struct ProxyConfig: Sendable {
         config.server.eventLoopThreads = reader.int(
             "server", "event_loop_threads", default: config.server.eventLoopThreads, range: 0...256)
 
-        let usersFile = reader.string("auth", "users_file", default: "users.toml")
-        config.auth.usersFile = resolve(usersFile, against: baseDirectory)
         config.auth.trustLoopback = reader.bool("auth", "trust_loopback", default: false)
-        if !FileManager.default.isReadableFile(atPath: config.auth.usersFile) {
-            reader.problem("auth.users_file", "file \(config.auth.usersFile) cannot be read",
-                           fix: "create it (see users.toml.example) or point users_file at it")
+
+        let mapFile = reader.string("tenancy", "map_file", default: "tenants.toml")
+        config.tenancy.mapFile = resolve(mapFile, against: baseDirectory)
+        if !FileManager.default.isReadableFile(atPath: config.tenancy.mapFile) {
+            reader.problem("tenancy.map_file", "file \(config.tenancy.mapFile) cannot be read",
+                           fix: "create it (see tenants.toml.example) or point map_file at it")
         }
+        for key in ["tenant_setting", "user_setting"] {
+            let defaultValue = key == "tenant_setting" ? config.tenancy.tenantSetting : config.tenancy.userSetting
+            let name = reader.string("tenancy", key, default: defaultValue).lowercased()
+            if !ContextInjector.isValidSettingName(name) {
+                reader.problem("tenancy.\(key)", "\"\(name)\" is not a custom setting name",
+                               fix: "use prefix.name with letters, digits and '_', e.g. \"app.current_tenant\"")
+            }
+            if key == "tenant_setting" { config.tenancy.tenantSetting = name } else { config.tenancy.userSetting = name }
+        }
+        config.tenancy.userSeparator = reader.string("tenancy", "user_separator", default: ".")
+        if config.tenancy.userSeparator.count > 1 {
+            reader.problem("tenancy.user_separator", "must be one character or empty", fix: "user_separator = \".\"")
+        }
+        config.tenancy.lookupUpstream = reader.bool("tenancy", "lookup_upstream", default: true)
+        config.tenancy.lookupCacheSeconds = reader.int(
+            "tenancy", "lookup_cache_seconds", default: config.tenancy.lookupCacheSeconds, range: 0...86_400)
 
         config.upstream.host = reader.string("upstream", "host", default: config.upstream.host)
         config.upstream.port = reader.int("upstream", "port", default: config.upstream.port, range: 1...65535)
@@ -97,6 +126,9 @@ struct ProxyConfig: Sendable {
             "upstream", "connect_timeout_seconds", default: config.upstream.connectTimeoutSeconds, range: 1...600)
         config.upstream.password = SecretSource.read(
             section: "upstream", key: "password", reader: &reader, baseDirectory: baseDirectory, environment: environment)
+        config.upstream.globalUser = reader.optionalString("upstream", "global_user")
+        config.upstream.globalPassword = SecretSource.read(
+            section: "upstream", key: "global_password", reader: &reader, baseDirectory: baseDirectory, environment: environment)
         if config.upstream.host.isEmpty {
             reader.problem("upstream.host", "must not be empty", fix: "set the address of the PostgreSQL server")
         }

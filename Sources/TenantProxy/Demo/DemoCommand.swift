@@ -27,7 +27,7 @@ struct DemoCommand: ParsableCommand {
         let root = URL(fileURLWithPath: dataDir, relativeTo: URL(fileURLWithPath: fileManager.currentDirectoryPath))
             .standardizedFileURL.path
         try fileManager.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let sql = try sqlDir ?? Self.findSQLDirectory()
+        let sql = try sqlDir ?? DeployFiles.findSQLDirectory()
         let state = try DemoState.loadOrCreate(at: root + "/demo-state.toml")
 
         let postgres = LocalPostgres(
@@ -63,20 +63,6 @@ struct DemoCommand: ParsableCommand {
         stopPostgres()
     }
 
-    private static func findSQLDirectory() throws -> String {
-        var candidates = [FileManager.default.currentDirectoryPath]
-        var executable = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        for _ in 0..<5 {
-            candidates.append(executable.path)
-            executable.deleteLastPathComponent()
-        }
-        for base in candidates {
-            let path = base + "/deploy/sql"
-            if FileManager.default.fileExists(atPath: path + "/01_nile_schema.sql") { return path }
-        }
-        throw ValidationError("deploy/sql not found; run from the repository folder or pass --sql-dir")
-    }
-
     private func loadSchema(postgres: LocalPostgres, sqlDirectory: String, state: DemoState) throws {
         print("loading the demo schema ...")
         let exists = try postgres.psql("select 1 from pg_database where datname = 'demo'", variables: [:])
@@ -91,11 +77,39 @@ struct DemoCommand: ParsableCommand {
     }
 
     private func writeConfig(root: String, state: DemoState, postgresPort: Int) throws -> String {
-        var users = "# Demo users of tenant-proxy (written by `tenant-proxy demo`).\n"
-        for (name, password) in DemoState.demoUsers {
-            users += "\n[users.\(name)]\npassword = \"\(SCRAMVerifierFactory.make(password: password, iterations: 4096))\"\n"
-        }
-        try users.write(toFile: root + "/users.toml", atomically: true, encoding: .utf8)
+        func verifier(_ password: String) -> String { SCRAMVerifierFactory.make(password: password, iterations: 4096) }
+        let map = """
+            # Demo tenant map of tenant-proxy (written by `tenant-proxy demo`); see tenants.toml.example.
+            [tenants.acme]
+            id = "\(DemoState.acmeID)"
+            aliases = ["acme-corp"]
+            databases = ["acme"]
+
+            [tenants.globex]
+            id = "\(DemoState.globexID)"
+            databases = ["globex"]
+
+            [users.alice]
+            password = "\(verifier("alice-demo"))"
+            mode = "pinned"
+            tenants = ["acme"]
+
+            [users.bob]
+            password = "\(verifier("bob-demo"))"
+            mode = "pinned"
+            tenants = ["globex"]
+
+            [users.app]
+            password = "\(verifier("app-demo"))"
+            mode = "switch"
+            tenants = ["*"]
+
+            [users.admin]
+            password = "\(verifier("admin-demo"))"
+            mode = "global"
+
+            """
+        try map.write(toFile: root + "/tenants.toml", atomically: true, encoding: .utf8)
         let config = """
             # Written by `tenant-proxy demo`; see proxy.conf.example for every key.
             [server]
@@ -103,14 +117,16 @@ struct DemoCommand: ParsableCommand {
             listen_port = \(port)
             shutdown_timeout_seconds = 5
 
-            [auth]
-            users_file = "users.toml"
+            [tenancy]
+            map_file = "tenants.toml"
 
             [upstream]
             host = "127.0.0.1"
             port = \(postgresPort)
             user = "tenant_proxy"
             password_file = "upstream-password"
+            global_user = "app_owner"
+            global_password_file = "owner-password"
             database = "demo"
 
             [log]
@@ -118,7 +134,9 @@ struct DemoCommand: ParsableCommand {
 
             """
         try (state.proxyPassword + "\n").write(toFile: root + "/upstream-password", atomically: true, encoding: .utf8)
+        try (state.ownerPassword + "\n").write(toFile: root + "/owner-password", atomically: true, encoding: .utf8)
         chmod(root + "/upstream-password", 0o600)
+        chmod(root + "/owner-password", 0o600)
         let path = root + "/proxy.conf"
         try config.write(toFile: path, atomically: true, encoding: .utf8)
         return path
@@ -126,16 +144,18 @@ struct DemoCommand: ParsableCommand {
 
     private func runProxy(configPath: String, state: DemoState) throws {
         let config = try ProxyConfig.load(path: configPath)
-        let users = try UserDirectory.load(path: config.auth.usersFile)
+        let map = try TenantMap.load(path: config.tenancy.mapFile)
         let logger = ProxyLogging.makeLogger(level: config.log.level)
-        let server = ProxyServer(runtime: ProxyRuntime(config: config, users: users, logger: logger))
+        let server = ProxyServer(runtime: ProxyRuntime(config: config, map: map, logger: logger))
         try server.start()
-        let signals = server.installSignalHandlers {}
+        let signals = server.installSignalHandlers()
         print("")
         print("tenant-proxy demo is listening on 127.0.0.1:\(port). Connect with:")
-        for (name, password) in DemoState.demoUsers {
-            print("  PGPASSWORD=\(password) psql -h 127.0.0.1 -p \(port) -U \(name) demo")
-        }
+        print("  PGPASSWORD=alice-demo psql -h 127.0.0.1 -p \(port) -U alice demo    # pinned to tenant acme")
+        print("  PGPASSWORD=bob-demo psql -h 127.0.0.1 -p \(port) -U bob demo        # pinned to tenant globex")
+        print("  PGPASSWORD=app-demo psql -h 127.0.0.1 -p \(port) -U app demo        # switch: SET nile.tenant_id = '<id>'")
+        print("  PGPASSWORD=admin-demo psql -h 127.0.0.1 -p \(port) -U admin demo    # global: every tenant, migrations")
+        print("Then: SELECT * FROM todos;  (acme = \(DemoState.acmeID), globex = \(DemoState.globexID))")
         print("Config: \(configPath). Press Ctrl-C to stop the proxy and the demo PostgreSQL.")
         fflush(stdout)
         server.waitUntilStopped()
@@ -145,7 +165,8 @@ struct DemoCommand: ParsableCommand {
 
 /// What the demo keeps between runs: ports and generated passwords.
 struct DemoState {
-    static let demoUsers: [(String, String)] = [("alice", "alice-demo"), ("bob", "bob-demo")]
+    static let acmeID = "11111111-1111-4111-8111-111111111111"
+    static let globexID = "22222222-2222-4222-8222-222222222222"
 
     var postgresPort: Int
     var superuserPassword: String

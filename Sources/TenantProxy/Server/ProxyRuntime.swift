@@ -1,38 +1,107 @@
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// What every session shares: configuration, the users directory (replaced atomically on
-/// reload), the session registry and the logger.
+/// What every session shares: configuration, the tenant map (replaced whole on reload), the cache
+/// of tenants looked up upstream, the session registry and the logger.
 final class ProxyRuntime: @unchecked Sendable {
     let config: ProxyConfig
     let registry: SessionRegistry
     let logger: Logger
+    let injector: ContextInjector
     /// Per-process secret for the fake SCRAM exchange of unknown users.
     let mockSecret: [UInt8]
 
     private let lock = NIOLock()
-    private var _users: UserDirectory
+    private var _map: TenantMap
+    private var _mapGeneration = 0
+    private var _mapModified: Date?
     private var _draining = false
+    private var lookupCache: [String: (record: UpstreamTenantRecord?, expires: NIODeadline)] = [:]
 
-    init(config: ProxyConfig, users: UserDirectory, logger: Logger) {
+    init(config: ProxyConfig, map: TenantMap, logger: Logger) {
         self.config = config
-        self._users = users
+        self._map = map
         self.logger = logger
         self.registry = SessionRegistry(maxSessions: config.server.maxClientConnections)
+        self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)
+        self._mapModified = Self.modificationDate(config.tenancy.mapFile)
         var generator = SystemRandomNumberGenerator()
         self.mockSecret = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
 
-    var users: UserDirectory { lock.withLock { _users } }
+    var map: TenantMap { lock.withLock { _map } }
+
+    /// Changes whenever a reload swaps the map; sessions compare it to re-check their tenant cheaply.
+    var mapGeneration: Int { lock.withLock { _mapGeneration } }
 
     var isDraining: Bool { lock.withLock { _draining } }
 
-    func replaceUsers(_ users: UserDirectory) {
-        lock.withLock { _users = users }
-    }
-
     func startDraining() {
         lock.withLock { _draining = true }
+    }
+
+    func resolver() -> TenantResolver {
+        TenantResolver(map: map, settings: config.tenancy, upstreamDatabase: config.upstream.database)
+    }
+
+    // MARK: - Reload
+
+    /// Loads the tenant map again; a bad file is reported and the previous map stays in force.
+    /// Sessions are never dropped by a reload; they re-check their tenant at their next statement.
+    @discardableResult
+    func reloadTenantMap() -> Bool {
+        let path = config.tenancy.mapFile
+        let modified = Self.modificationDate(path)
+        do {
+            let map = try TenantMap.load(path: path)
+            lock.withLock {
+                _map = map
+                _mapGeneration += 1
+                _mapModified = modified
+                lookupCache.removeAll()
+            }
+            logger.info("tenant map reloaded", metadata: ["tenants": "\(map.tenants.count)", "users": "\(map.users.count)"])
+            return true
+        } catch {
+            lock.withLock { _mapModified = modified }
+            logger.error("tenant map reload failed; the previous map stays in force", metadata: ["error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Reloads when the file's modification time changed since the last load.
+    func reloadIfFileChanged() {
+        let modified = Self.modificationDate(config.tenancy.mapFile)
+        let changed = lock.withLock { modified != nil && modified != _mapModified }
+        if changed { reloadTenantMap() }
+    }
+
+    private static func modificationDate(_ path: String) -> Date? {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
+    }
+
+    // MARK: - Upstream tenant cache
+
+    enum CachedLookup: Equatable {
+        case miss
+        case hit(UpstreamTenantRecord?)
+    }
+
+    func cachedLookup(_ uuid: String) -> CachedLookup {
+        lock.withLock {
+            guard let entry = lookupCache[uuid], entry.expires > .now() else { return .miss }
+            return .hit(entry.record)
+        }
+    }
+
+    func cacheLookup(_ uuid: String, _ record: UpstreamTenantRecord?) {
+        let ttl = config.tenancy.lookupCacheSeconds
+        guard ttl > 0 else { return }
+        lock.withLock {
+            if lookupCache.count > 100_000 { lookupCache.removeAll() }
+            lookupCache[uuid] = (record, .now() + .seconds(Int64(ttl)))
+        }
     }
 }

@@ -71,10 +71,17 @@ final class ProxyServer: @unchecked Sendable {
         try? group.syncShutdownGracefully()
     }
 
-    /// SIGTERM and SIGINT drain; SIGHUP reloads the users file.
-    func installSignalHandlers(reload: @escaping () -> Void) -> [DispatchSourceSignal] {
+    /// SIGTERM and SIGINT drain; SIGHUP reloads the tenant map. The map file is also watched.
+    func installSignalHandlers() -> [DispatchSourceSignal] {
+        let runtime = self.runtime
+        group.next().scheduleRepeatedTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
+            runtime.reloadIfFileChanged()
+        }
         var sources: [DispatchSourceSignal] = []
-        for (signalNumber, action) in [(SIGTERM, { [self] in shutdown() }), (SIGINT, { [self] in shutdown() }), (SIGHUP, reload)] {
+        let actions: [(Int32, () -> Void)] = [
+            (SIGTERM, { [self] in shutdown() }), (SIGINT, { [self] in shutdown() }), (SIGHUP, { runtime.reloadTenantMap() }),
+        ]
+        for (signalNumber, action) in actions {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
             source.setEventHandler(handler: action)

@@ -25,7 +25,6 @@ struct ClientStartupMachine {
     }
 
     private var state: State = .awaitingStartup
-    private let users: UserDirectory
     private let trust: Bool
     private let mockSecret: [UInt8]
 
@@ -33,13 +32,15 @@ struct ClientStartupMachine {
     ///   - trust: the client may log in without a password (configured and from loopback only).
     ///   - mockSecret: per-process secret that makes the fake SCRAM exchange for unknown users
     ///     stable per user name, so probing cannot tell unknown users from wrong passwords.
-    init(users: UserDirectory, trust: Bool, mockSecret: [UInt8]) {
-        self.users = users
+    init(trust: Bool, mockSecret: [UInt8]) {
         self.trust = trust
         self.mockSecret = mockSecret
     }
 
-    mutating func receive(_ packet: StartupPacket) -> Action {
+    /// - Parameters:
+    ///   - user: the user the startup packet's user name names (after splitting off a tenant suffix).
+    ///   - verifier: that user's SCRAM verifier, nil when the user is unknown.
+    mutating func receive(_ packet: StartupPacket, user: String?, verifier: SCRAMVerifier?) -> Action {
         guard case .awaitingStartup = state else {
             state = .done
             return .fail(.protocolViolation("startup packet received twice"))
@@ -51,16 +52,16 @@ struct ClientStartupMachine {
             state = .done
             return .cancel(request)
         case .startup(let startup):
-            return start(startup)
+            return start(startup, user: user, verifier: verifier)
         }
     }
 
-    private mutating func start(_ startup: StartupMessage) -> Action {
+    private mutating func start(_ startup: StartupMessage, user: String?, verifier: SCRAMVerifier?) -> Action {
         guard startup.protocolVersion >> 16 == 3 else {
             state = .done
             return .fail(.unsupportedProtocol(startup.protocolVersion))
         }
-        guard let user = startup.user, !user.isEmpty else {
+        guard let user, !user.isEmpty else {
             state = .done
             return .fail(.noUserName)
         }
@@ -80,7 +81,7 @@ struct ClientStartupMachine {
             state = .done
             return .authenticated(user: user, startup: startup, messages: preamble)
         }
-        state = .awaitingSASLInitial(user: user, startup: startup, verifier: users[user]?.verifier)
+        state = .awaitingSASLInitial(user: user, startup: startup, verifier: verifier)
         return .send(preamble + [.authentication(.sasl(mechanisms: ["SCRAM-SHA-256"]))])
     }
 

@@ -83,3 +83,51 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
                    detail: what, hint: "Reconnect; if it persists ask the operator.")
     }
 }
+
+// MARK: - Tenancy
+
+extension ProxyError {
+    static func tenantMissing(user: String, setting: String, separator: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "28000", message: "no tenant given for user \"\(user)\"",
+                   hint: "Pass options='-c \(setting)=<tenant id>'"
+                       + (separator.isEmpty ? "." : ", or connect as \(user)\(separator)<tenant>."))
+    }
+
+    /// Same text whether the tenant does not exist or the user may not use it: no tenant enumeration.
+    static func tenantNotFound(_ identifier: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "28000", message: "tenant \"\(identifier)\" not found",
+                   hint: "Check the tenant id or name, and that this user may use it.")
+    }
+
+    static func tenantNotActive(_ identifier: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "28000", message: "tenant \"\(identifier)\" is not active",
+                   hint: "The tenant is suspended; ask the operator.")
+    }
+
+    static let tenantSourcesDisagree = ProxyError(
+        severity: .fatal, sqlState: "28000", message: "tenant sources disagree",
+        hint: "The startup options, user name and database name name different tenants; give one.")
+
+    static func contextEscape(_ what: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "42501", message: "\(what) is not allowed through tenant-proxy",
+                   hint: "Tenant sessions cannot change their role; connect as a global user for that.")
+    }
+
+    static func guardRefusal(_ reason: String) -> ProxyError {
+        ProxyError(severity: .error, sqlState: "42501", message: reason,
+                   hint: "This statement would change or escape the session's tenant context; the session is still usable.")
+    }
+
+    static func switchRefused(_ value: String) -> ProxyError {
+        ProxyError(severity: .error, sqlState: "42501", message: "tenant \"\(value)\" not found or not permitted",
+                   hint: "Set the tenant setting to the id of an active tenant this user may use.")
+    }
+
+    static let contextNotApplied = ProxyError(
+        severity: .fatal, sqlState: "08006", message: "the tenant context could not be applied on the upstream connection",
+        hint: "Reconnect; if it persists ask the operator to check the upstream role's privileges.")
+
+    static let lookupFailed = ProxyError(
+        severity: .fatal, sqlState: "08006", message: "the tenant could not be looked up upstream",
+        hint: "Reconnect; if it persists ask the operator (is there a tenants table?).")
+}

@@ -1,0 +1,50 @@
+/// Builds the SQL that gives an upstream connection a session's tenant context. Every value placed
+/// in it has been validated (`TenantIdentifier`) and is quoted as a literal; setting names come
+/// from the configuration and are validated at load.
+struct ContextInjector: Sendable {
+    var tenantSetting: String
+    var userSetting: String
+
+    static func isValidSettingName(_ name: String) -> Bool {
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count >= 2 else { return false }
+        return parts.allSatisfy { part in
+            guard let first = part.utf8.first, !(first >= 0x30 && first <= 0x39) else { return false }
+            return part.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }
+        }
+    }
+
+    static func literal(_ value: String) -> String {
+        "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
+    }
+
+    static func identifier(_ value: String) -> String {
+        "\"" + value.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+
+    /// The statements that set the context, as one simple-query string; nil when there is nothing
+    /// to set (global users, or a switch user without a tenant yet).
+    func statements(tenant: Tenant?, userID: String?) -> String? {
+        var parts: [String] = []
+        if let tenant {
+            parts.append("SET \(tenantSetting) = \(Self.literal(tenant.id))")
+            if tenant.isolation == .schema {
+                parts.append("SET search_path = \(Self.identifier(tenant.schema)), public")
+            }
+        }
+        if let userID {
+            parts.append("SET \(userSetting) = \(Self.literal(userID))")
+        }
+        return parts.isEmpty ? nil : parts.joined(separator: "; ")
+    }
+
+    /// Looks a tenant up in the upstream's `tenants` table, with the context already set so the
+    /// row is visible under the table's own row-level security. Works whether or not the table has
+    /// Nile's optional columns (`status`, `deleted`), hence to_jsonb.
+    func lookupStatements(uuid: String, userID: String?) -> String {
+        let tenant = Tenant(name: uuid, id: uuid)
+        let set = statements(tenant: tenant, userID: userID) ?? ""
+        return set + "; SELECT coalesce(to_jsonb(t) ->> 'status', 'active'), to_jsonb(t) ->> 'deleted', to_jsonb(t) ->> 'name'"
+            + " FROM public.tenants t WHERE t.id::text = \(Self.literal(uuid))"
+    }
+}
