@@ -1,0 +1,294 @@
+"""Client authentication (SCRAM-SHA-256 against users.toml), upstream authentication methods,
+TLS negotiation answers, hash-password and check-config."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import subprocess
+
+import asyncpg
+import psycopg
+import pytest
+
+import pgharness as h
+
+SCRAM_RE = re.compile(r"^SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)$")
+
+
+def psql(ep: h.Endpoint, sql: str = "SELECT current_user", **env) -> subprocess.CompletedProcess:
+    e = ep.libpq_env(PGPASSFILE="/dev/null", **env)
+    return h.run([h.client_bin("psql"), "-X", "-w", "-At", "-c", sql], env=e)
+
+
+def startup_error(ep: h.Endpoint, user: str, password: str | None) -> h.PGError:
+    with h.RawConn(ep.host, ep.port) as raw:
+        with pytest.raises(h.PGError) as ei:
+            raw.startup(user, password, ep.dbname)
+        # after a failed authentication the server closes the connection
+        assert h.read_until_closed_or_error(raw.sock) == b""
+    return ei.value
+
+
+# ---------------------------------------------------------------------------------------------
+# client side
+
+
+def test_right_password_with_every_client(target):
+    r = psql(target)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "proxy_scram"
+    with psycopg.connect(target.dsn()) as conn:
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == (
+            "proxy_scram", target.dbname)
+
+    async def via_asyncpg():
+        conn = await asyncpg.connect(host=target.host, port=target.port, user=target.user,
+                                     password=target.password, database=target.dbname, timeout=15)
+        try:
+            return await conn.fetchval("SELECT current_user")
+        finally:
+            await conn.close()
+    assert asyncio.run(via_asyncpg()) == "proxy_scram"
+    with h.RawConn(target.host, target.port) as raw:
+        raw.startup(target.user, target.password, target.dbname)
+        assert raw.auth_codes[:1] == [10], "SASL (SCRAM-SHA-256) is what clients are asked for"
+        assert raw.query("SELECT 1") == [["1"]]
+
+
+def test_wrong_password_and_unknown_user_look_the_same(target):
+    wrong = startup_error(target, target.user, "definitely-wrong")
+    assert wrong.sqlstate == "28P01"
+    assert wrong.fields["S"] == "FATAL"
+    assert wrong.fields["M"] == f'password authentication failed for user "{target.user}"'
+    unknown = startup_error(target, "mallory", "whatever")
+    assert unknown.sqlstate == "28P01"
+    # no user enumeration: the unknown user gets the very same error
+    assert unknown.fields["M"] == 'password authentication failed for user "mallory"'
+    assert {k: v for k, v in unknown.fields.items() if k in "SVCMDH"} == {
+        k: v.replace(target.user, "mallory") for k, v in wrong.fields.items() if k in "SVCMDH"}
+    # and through libpq
+    r = psql(target.with_user(target.user, "definitely-wrong"))
+    assert r.returncode != 0
+    assert f'password authentication failed for user "{target.user}"' in r.stderr
+    r = psql(target.with_user("mallory", "whatever"))
+    assert r.returncode != 0
+    assert 'password authentication failed for user "mallory"' in r.stderr
+    # the good password still works afterwards
+    assert psql(target).returncode == 0
+
+
+def test_no_password_is_refused_by_default(target):
+    r = psql(target.with_user(target.user, None))
+    assert r.returncode != 0
+    assert "no password supplied" in r.stderr
+    err = startup_error(target, target.user, "")
+    assert err.sqlstate == "28P01"
+
+
+def test_trust_loopback_lets_loopback_clients_in(make_proxy, db):
+    p = make_proxy(trust_loopback=True)
+    ep = p.endpoint(db, password=None)
+    r = psql(ep)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "proxy_scram"
+    with h.RawConn(ep.host, ep.port) as raw:
+        raw.startup("alice", None, db)
+        assert 10 not in raw.auth_codes
+        assert raw.query("SELECT 2") == [["2"]]
+
+
+def non_loopback_ipv4() -> str | None:
+    import socket
+    # connecting a UDP socket sends nothing; it only picks the outgoing interface's address
+    for probe in ("10.255.255.255", "192.0.2.1", "8.8.8.8"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.connect((probe, 9))
+            addr = s.getsockname()[0]
+        except OSError:
+            continue
+        finally:
+            s.close()
+        if not addr.startswith("127.") and addr != "0.0.0.0":
+            return addr
+    return None
+
+
+def test_trust_loopback_does_not_trust_other_addresses(make_proxy, db):
+    addr = non_loopback_ipv4()
+    if addr is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    p = make_proxy(trust_loopback=True, extra={"server": {"listen_host": "0.0.0.0"}},
+                   start=False)
+    p.host = "127.0.0.1"  # readiness probe
+    p.start()
+    ep = h.Endpoint("proxy", addr, p.port, "alice", None, db)
+    err = startup_error(ep, "alice", "")
+    assert err.sqlstate == "28P01"
+    with h.RawConn(addr, p.port) as raw:
+        raw.startup("alice", "alicepw", db)
+        assert raw.query("SELECT 3") == [["3"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS / GSS negotiation
+
+
+def test_sslmode_require_fails_cleanly(target):
+    r = psql(target, PGSSLMODE="require")
+    assert r.returncode != 0
+    assert "server does not support SSL, but SSL was required" in r.stderr
+    with pytest.raises(psycopg.OperationalError) as ei:
+        psycopg.connect(target.dsn(sslmode="require")).close()
+    assert "does not support SSL" in str(ei.value)
+    # sslmode=prefer and disable work
+    for mode in ("prefer", "disable", "allow"):
+        r = psql(target, PGSSLMODE=mode)
+        assert r.returncode == 0, (mode, r.stderr)
+
+
+def test_ssl_and_gss_requests_answered_n(target):
+    with h.RawConn(target.host, target.port) as raw:
+        assert raw.negotiate(h.SSL_CODE) == b"N"
+        raw.startup(target.user, target.password, target.dbname)
+        assert raw.query("SELECT 'after N'") == [["after N"]]
+    if target.kind == "proxy":
+        # (a Postgres built with GSSAPI may answer 'G' here; the proxy must say 'N')
+        with h.RawConn(target.host, target.port) as raw:
+            assert raw.negotiate(h.GSSENC_CODE) == b"N"
+            assert raw.negotiate(h.SSL_CODE) == b"N"
+            raw.startup(target.user, target.password, target.dbname)
+            assert raw.query("SELECT 'after GSS N'") == [["after GSS N"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# upstream authentication
+
+
+def test_direct_roles_use_their_methods(pg, db):
+    """The fixture really makes Postgres ask each upstream role for its method."""
+    for role, code in (("proxy_scram", 10), ("proxy_md5", 5), ("proxy_plain", 3)):
+        with h.RawConn(pg.host, pg.port) as raw:
+            raw.startup(role, h.ROLE_PASSWORDS[role], db)
+            assert raw.auth_codes[0] == code, role
+            assert raw.query("SELECT current_user") == [[role]]
+    stored = dict(pg.sql("SELECT rolname, left(rolpassword, 14) FROM pg_authid "
+                         "WHERE rolname LIKE 'proxy_%'"))
+    assert stored["proxy_md5"].startswith("md5")
+    assert stored["proxy_scram"].startswith("SCRAM-SHA-256")
+
+
+@pytest.mark.parametrize("role,mode", [
+    ("proxy_scram", "password"),
+    ("proxy_md5", "password"),
+    ("proxy_plain", "password"),
+    ("proxy_scram", "password_file"),
+    ("proxy_md5", "password_env"),
+])
+def test_upstream_auth_methods(make_proxy, db, role, mode):
+    p = make_proxy(upstream_user=role, password_mode=mode)
+    ep = p.endpoint(db)
+    r = psql(ep, "CREATE TABLE t(x int); INSERT INTO t VALUES (1); SELECT current_user, count(*) FROM t")
+    assert r.returncode == 0, r.stderr + p.stderr()
+    assert r.stdout.strip().splitlines()[-1] == f"{role}|1"
+    with psycopg.connect(p.endpoint(db, "bob", "bobpw").dsn()) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == (role,)
+
+
+def test_upstream_wrong_password_gives_client_an_error(make_proxy, db):
+    p = make_proxy(upstream_password="not-the-upstream-password")
+    ep = p.endpoint(db)
+    with h.RawConn(ep.host, ep.port) as raw:
+        with pytest.raises(h.PGError) as ei:
+            raw.startup(ep.user, ep.password, db)
+    assert ei.value.fields.get("S") in ("FATAL", "ERROR")
+    assert ei.value.sqlstate and len(ei.value.sqlstate) == 5
+    # no configuration leaks to the client
+    assert "not-the-upstream-password" not in str(ei.value.fields)
+    assert p.alive()
+
+
+# ---------------------------------------------------------------------------------------------
+# hash-password and check-config
+
+
+def test_hash_password_makes_working_verifiers(make_proxy, db):
+    v1 = h.hash_password("carol pw ü")
+    v2 = h.hash_password("carol pw ü", use_stdin=True)
+    for v in (v1, v2):
+        m = SCRAM_RE.match(v)
+        assert m, v
+        iterations, salt = int(m.group(1)), base64.b64decode(m.group(2))
+        assert iterations >= 4096
+        # same salt and iterations -> the verifier Postgres would compute
+        assert h.scram_verifier("carol pw ü", iterations, salt) == v
+    assert v1 != v2, "each verifier gets a fresh salt"
+
+    users = {"carol": v1, "dave": v2, "erin": h.scram_verifier("erinpw")}
+    p = make_proxy(users=users)
+    assert psql(p.endpoint(db, "carol", "carol pw ü")).returncode == 0
+    assert psql(p.endpoint(db, "dave", "carol pw ü")).returncode == 0
+    assert psql(p.endpoint(db, "erin", "erinpw")).returncode == 0
+    bad = psql(p.endpoint(db, "carol", "carol pw"))
+    assert bad.returncode != 0 and "password authentication failed" in bad.stderr
+    # alice is not in this users file
+    bad = psql(p.endpoint(db, "alice", "alicepw"))
+    assert bad.returncode != 0 and "password authentication failed" in bad.stderr
+
+
+def check_config(path) -> subprocess.CompletedProcess:
+    return h.run([str(h.proxy_bin()), "check-config", str(path)], timeout=60)
+
+
+def write_config(tmp_path, pg, users_file_exists=True, **sections):
+    cfg, env, files = h.proxy_config(pg)
+    for sec, kv in sections.items():
+        cfg.setdefault(sec, {}).update(kv)
+    (tmp_path / "proxy.toml").write_text(h.render_toml(cfg))
+    if users_file_exists:
+        (tmp_path / "users.toml").write_text(
+            h.render_users({"alice": h.scram_verifier("alicepw")}))
+    return tmp_path / "proxy.toml"
+
+
+def test_check_config_good(tmp_path, pg, proxy_users):
+    r = check_config(write_config(tmp_path, pg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+@pytest.mark.parametrize("problem,expect", [
+    ({"upstream": {"port": 0}}, ["upstream.port"]),
+    ({"server": {"listen_port": 70000}}, ["server.listen_port"]),
+    ({"tenancy": {"map_file": "missing-users.toml"}}, ["tenancy.map_file"]),
+    ({"server": {"listen_prot": 6432}}, ["server.listen_prot"]),
+    ({"upstream": {"port": 0}, "tenancy": {"map_file": "nope.toml"}, "log": {"levle": "info"}},
+     ["upstream.port", "tenancy.map_file", "log.levle"]),
+], ids=["port-0", "port-too-big", "missing-users-file", "unknown-key", "three-problems"])
+def test_check_config_bad(tmp_path, pg, proxy_users, problem, expect):
+    path = write_config(tmp_path, pg, **problem)
+    r = check_config(path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "OK" not in r.stdout.split()
+    problem_lines = [line for line in out.splitlines() if line.strip()]
+    for key in expect:
+        assert any(key in line for line in problem_lines), f"{key} not named in:\n{out}"
+    if len(expect) > 1:
+        # one line per problem
+        assert len([ln for ln in problem_lines if any(k in ln for k in expect)]) >= len(expect)
+    if "upstream.port" in expect:
+        assert re.search(r"upstream\.port: .*\(got 0\)", out), out
+    # and the proxy refuses to start with it (exits on its own, non-zero, naming the keys)
+    run = h.run([str(h.proxy_bin()), "--config", str(path)], timeout=60)
+    assert run.returncode != 0
+    assert all(key in run.stdout + run.stderr for key in expect)
+
+
+def test_check_config_unparseable_toml(tmp_path, proxy_users):
+    (tmp_path / "proxy.toml").write_text("[server\nlisten_port = = 1\n")
+    r = check_config(tmp_path / "proxy.toml")
+    assert r.returncode == 1
+    assert (r.stdout + r.stderr).strip()
