@@ -181,6 +181,10 @@ enum SecretSource {
             return text.trimmingCharacters(in: .newlines)
         }
         if let env {
+            guard !env.isEmpty else {
+                reader.problem("\(section).\(key)_env", "is empty", fix: "name the environment variable that holds the secret")
+                return nil
+            }
             guard let value = environment[env] else {
                 reader.problem("\(section).\(key)_env", "environment variable \(env) is not set",
                                fix: "export \(env) before starting the proxy")

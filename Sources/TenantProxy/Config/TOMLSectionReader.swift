@@ -88,16 +88,18 @@ struct TOMLSectionReader {
     /// Reports sections and keys that no reader asked for.
     mutating func reportUnknownKeys() {
         for top in root.keys {
-            if let table = root[top]?.table, known[top] != nil || known[""]?.contains(top) != true {
-                guard let allowed = known[top] else {
-                    problem(top, "unknown section", fix: "remove it or check the spelling against proxy.conf.example")
+            let table = root[top]?.table
+            if let allowed = known[top] {
+                guard let table else {
+                    problem(top, "must be a table", fix: "write [\(top)] and put its keys under it")
                     continue
                 }
                 for key in table.keys where !allowed.contains(key) {
                     problem("\(top).\(key)", "unknown key", fix: "remove it or check the spelling against proxy.conf.example")
                 }
             } else if known[""]?.contains(top) != true {
-                problem(top, "unknown key", fix: "remove it or check the spelling against proxy.conf.example")
+                problem(top, table == nil ? "unknown key" : "unknown section",
+                        fix: "remove it or check the spelling against proxy.conf.example")
             }
         }
     }

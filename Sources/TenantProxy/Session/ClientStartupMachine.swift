@@ -25,6 +25,9 @@ struct ClientStartupMachine {
     }
 
     private var state: State = .awaitingStartup
+    /// Each encryption request is answered once, as PostgreSQL does.
+    private var refusedSSL = false
+    private var refusedGSS = false
     private let trust: Bool
     private let mockSecret: [UInt8]
 
@@ -46,7 +49,19 @@ struct ClientStartupMachine {
             return .fail(.protocolViolation("startup packet received twice"))
         }
         switch packet {
-        case .sslRequest, .gssencRequest:
+        case .sslRequest:
+            guard !refusedSSL else {
+                state = .done
+                return .fail(.protocolViolation("SSLRequest sent twice"))
+            }
+            refusedSSL = true
+            return .refuseEncryption
+        case .gssencRequest:
+            guard !refusedGSS else {
+                state = .done
+                return .fail(.protocolViolation("GSSENCRequest sent twice"))
+            }
+            refusedGSS = true
             return .refuseEncryption
         case .cancel(let request):
             state = .done
@@ -124,7 +139,8 @@ struct ClientStartupMachine {
                 return .fail(.protocolViolation("expected SASLResponse"))
             }
             guard let serverFinal = try? exchange.receiveClientFinal(response.data), known else {
-                return .fail(.authenticationFailed(user: user))
+                // The name as the client sent it, whether or not a tenant suffix was split off.
+                return .fail(.authenticationFailed(user: startup.user ?? user))
             }
             return .authenticated(user: user, startup: startup,
                                   messages: [.authentication(.saslFinal(data: serverFinal))])

@@ -17,6 +17,8 @@ struct UpstreamStartupMachine {
         case authenticating
         case scram(SCRAMClientExchange)
         case scramFinal(SCRAMClientExchange)
+        /// SCRAM is complete: only AuthenticationOk may follow (no downgrade to a cleartext request).
+        case awaitingOk
         case collecting
         case done
     }
@@ -26,6 +28,8 @@ struct UpstreamStartupMachine {
     private let password: String?
     private var parameters: [ParameterStatus] = []
     private var key: BackendKeyData?
+
+    static let relayedStartupErrors: Set<String> = ["3D000", "57P03", "57P01"]
 
     init(user: String, password: String?) {
         self.user = user
@@ -41,9 +45,14 @@ struct UpstreamStartupMachine {
             if let code = error.sqlState, code.hasPrefix("28") {
                 return .fail(.upstreamAuthenticationFailed, serverError: nil)
             }
-            return .fail(.upstreamUnavailable, serverError: error)
+            // Relay only what tells the client something about its own request and names nothing
+            // of the proxy's (a missing database, a server still starting or shutting down).
+            if let code = error.sqlState, Self.relayedStartupErrors.contains(code) {
+                return .fail(.upstreamUnavailable, serverError: error)
+            }
+            return .fail(.upstreamUnavailable, serverError: nil)
 
-        case (.authenticating, .authentication(.ok)):
+        case (.authenticating, .authentication(.ok)), (.awaitingOk, .authentication(.ok)):
             state = .collecting
             return .wait
 
@@ -79,7 +88,7 @@ struct UpstreamStartupMachine {
         case (.scramFinal(let exchange), .authentication(.saslFinal(let data))):
             do {
                 try exchange.receiveServerFinal(data)
-                state = .authenticating  // AuthenticationOk follows
+                state = .awaitingOk
                 return .wait
             } catch {
                 state = .done

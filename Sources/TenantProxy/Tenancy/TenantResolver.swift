@@ -42,11 +42,13 @@ struct TenantResolver {
     /// separator when `alice.acme` is not itself a user.
     func splitUserName(_ name: String) -> (user: String, tenant: String?) {
         if map[user: name] != nil { return (name, nil) }
+        // Split whether or not the part before the separator is a known user: deciding by the map
+        // would let a prober tell known users from unknown ones.
         guard let separator = settings.userSeparator.first,
               let index = name.lastIndex(of: separator) else { return (name, nil) }
         let user = String(name[..<index])
         let tenant = String(name[name.index(after: index)...])
-        guard !user.isEmpty, !tenant.isEmpty, map[user: user] != nil else { return (name, nil) }
+        guard !user.isEmpty, !tenant.isEmpty else { return (name, nil) }
         return (user, tenant)
     }
 
