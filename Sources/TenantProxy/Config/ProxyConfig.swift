@@ -39,6 +39,19 @@ struct ProxyConfig: Sendable {
         var connectTimeoutSeconds = 5
     }
 
+    struct Pool: Sendable {
+        enum Mode: String, Sendable { case session, transaction }
+        var mode: Mode = .session
+        /// Upstream connections per (role, database), across all event loops (transaction mode).
+        var size = 20
+        var maxClientWaitSeconds = 30
+        var idleTimeoutSeconds = 300
+        /// Most upstream connections lent to one tenant's clients at once (0 = no limit).
+        var tenantMaxConnections = 0
+        /// Most client connections of one tenant (0 = no limit).
+        var tenantMaxClients = 0
+    }
+
     struct Log: Sendable {
         var level = "info"
     }
@@ -46,6 +59,7 @@ struct ProxyConfig: Sendable {
     var server = Server()
     var auth = Auth()
     var tenancy = Tenancy()
+    var pool = Pool()
     var upstream = Upstream()
     var log = Log()
 
@@ -135,6 +149,21 @@ struct ProxyConfig: Sendable {
         if config.upstream.user.isEmpty {
             reader.problem("upstream.user", "must not be empty", fix: "set the role the proxy logs in as")
         }
+
+        let mode = reader.string("pool", "mode", default: "session")
+        if let parsed = Pool.Mode(rawValue: mode) {
+            config.pool.mode = parsed
+        } else {
+            reader.problem("pool.mode", "must be session or transaction (got \(mode))", fix: "mode = \"transaction\"")
+        }
+        config.pool.size = reader.int("pool", "size", default: config.pool.size, range: 1...10_000)
+        config.pool.maxClientWaitSeconds = reader.int(
+            "pool", "max_client_wait_seconds", default: config.pool.maxClientWaitSeconds, range: 1...86_400)
+        config.pool.idleTimeoutSeconds = reader.int(
+            "pool", "idle_timeout_seconds", default: config.pool.idleTimeoutSeconds, range: 1...86_400)
+        config.pool.tenantMaxConnections = reader.int(
+            "pool", "tenant_max_connections", default: 0, range: 0...10_000)
+        config.pool.tenantMaxClients = reader.int("pool", "tenant_max_clients", default: 0, range: 0...1_000_000)
 
         config.log.level = reader.string("log", "level", default: "info").lowercased()
         if !logLevels.contains(config.log.level) {

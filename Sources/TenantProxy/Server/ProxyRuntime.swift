@@ -19,6 +19,11 @@ final class ProxyRuntime: @unchecked Sendable {
     private var _mapModified: Date?
     private var _draining = false
     private var lookupCache: [String: (record: UpstreamTenantRecord?, expires: NIODeadline)] = [:]
+    private var tenantLeases: [String: Int] = [:]
+    private var tenantClients: [String: Int] = [:]
+    private var poolsBlockedOnTenants: [ObjectIdentifier: UpstreamPool] = [:]
+    /// One pool per event loop; filled before the listener starts, read-only afterwards.
+    private(set) var pools: [ObjectIdentifier: UpstreamPool] = [:]
 
     init(config: ProxyConfig, map: TenantMap, logger: Logger) {
         self.config = config
@@ -44,6 +49,65 @@ final class ProxyRuntime: @unchecked Sendable {
 
     func resolver() -> TenantResolver {
         TenantResolver(map: map, settings: config.tenancy, upstreamDatabase: config.upstream.database)
+    }
+
+    // MARK: - Pools and tenant limits
+
+    func makePools(for group: EventLoopGroup) {
+        let loops = Array(group.makeIterator())
+        for loop in loops {
+            pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop, runtime: self, loops: loops.count)
+        }
+    }
+
+    func pool(for loop: EventLoop) -> UpstreamPool? {
+        pools[ObjectIdentifier(loop)]
+    }
+
+    /// Counts one more upstream connection lent to `tenant`; false when at its limit (the pool
+    /// is told when one frees up).
+    func takeTenantLease(_ tenant: String, pool: UpstreamPool) -> Bool {
+        let limit = config.pool.tenantMaxConnections
+        guard limit > 0 else { return true }
+        return lock.withLock {
+            guard tenantLeases[tenant, default: 0] < limit else {
+                poolsBlockedOnTenants[ObjectIdentifier(pool)] = pool
+                return false
+            }
+            tenantLeases[tenant, default: 0] += 1
+            return true
+        }
+    }
+
+    func releaseTenantLease(_ tenant: String) {
+        guard config.pool.tenantMaxConnections > 0 else { return }
+        let blocked: [UpstreamPool] = lock.withLock {
+            tenantLeases[tenant, default: 1] -= 1
+            if tenantLeases[tenant] == 0 { tenantLeases.removeValue(forKey: tenant) }
+            let pools = Array(poolsBlockedOnTenants.values)
+            poolsBlockedOnTenants.removeAll()
+            return pools
+        }
+        for pool in blocked {
+            pool.eventLoop.execute { pool.serveWaiters() }
+        }
+    }
+
+    /// Counts a client of `tenant`; false when the tenant has `tenant_max_clients` already.
+    func addTenantClient(_ tenant: String) -> Bool {
+        let limit = config.pool.tenantMaxClients
+        return lock.withLock {
+            if limit > 0, tenantClients[tenant, default: 0] >= limit { return false }
+            tenantClients[tenant, default: 0] += 1
+            return true
+        }
+    }
+
+    func removeTenantClient(_ tenant: String) {
+        lock.withLock {
+            tenantClients[tenant, default: 1] -= 1
+            if tenantClients[tenant] == 0 { tenantClients.removeValue(forKey: tenant) }
+        }
     }
 
     // MARK: - Reload

@@ -15,6 +15,7 @@ final class ProxyServer: @unchecked Sendable {
         let threads = runtime.config.server.eventLoopThreads
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads > 0 ? threads : System.coreCount)
         self.done = group.next().makePromise(of: Void.self)
+        runtime.makePools(for: group)
     }
 
     /// The address actually bound (useful when the port is 0).

@@ -3,15 +3,16 @@ import NIOCore
 import NIOPosix
 import PGWire
 
-/// One client connection and the upstream connection that serves it (session pooling: one upstream
-/// connection per client for its life). Both channels live on the same EventLoop, so this class is
-/// only ever touched from that loop and needs no lock.
+/// One client connection and the upstream connection serving it. In session pooling the client
+/// has its own upstream connection for its life; in transaction pooling one is borrowed from the
+/// loop's `UpstreamPool` for each transaction and given back at ReadyForQuery idle. Both channels
+/// live on the same EventLoop, so this class is only touched from that loop and needs no lock.
 ///
 /// Start-up and authentication are decided by `ClientStartupMachine` and `UpstreamStartupMachine`,
-/// the tenant by `TenantResolver`. Before the client sees ReadyForQuery, the upstream connection
-/// carries the tenant context (`ContextInjector`); after that, client messages pass the guard
-/// and frames are relayed as slices of the bytes read, without re-encoding.
-final class ClientSession {
+/// the tenant by `TenantResolver`. Before any client statement runs upstream, the connection
+/// carries the tenant context (`ContextInjector`); client messages pass the guard; frames are
+/// relayed as slices of the bytes read, without re-encoding.
+final class ClientSession: UpstreamConnectionOwner {
     private enum Phase {
         case startup
         case connectingUpstream
@@ -23,21 +24,29 @@ final class ClientSession {
     /// per message that ends a query cycle (Query, Sync, FunctionCall), in order.
     private enum CycleNote {
         case plain
-        /// The client's message was refused and replaced by a Sync: send this error before the RFQ.
-        case refused(ErrorResponse)
+        /// The client's message was answered by the proxy and replaced by a Sync: send these
+        /// messages before the ReadyForQuery.
+        case answered([BackendMessage])
         /// The cycle ran RESET ALL / DISCARD ALL: re-apply the context before anything else runs.
         case reapply
     }
 
-    /// A query of the proxy's own on the upstream connection, whose replies the client never sees.
+    /// Queries of the proxy's own on the upstream connection, whose replies the client never sees.
     private struct Injection {
         enum Purpose {
             case connectContext
             case lookup(uuid: String)
+            /// Written before the client's bytes of a transaction: nothing to do when done.
+            case prelude
+            /// Written after a RESET ALL / DISCARD ALL: the client waits for it.
             case reapply
+            /// A transaction-mode log-in borrowed a connection to learn the server's parameters.
+            case none
         }
 
         var purpose: Purpose
+        /// ReadyForQuery messages still to swallow (one per injected Query).
+        var remaining: Int
         var rows: [[String?]] = []
         var error: ErrorResponse?
     }
@@ -46,13 +55,18 @@ final class ClientSession {
     private let runtime: ProxyRuntime
     private var logger: Logger
     private var phase: Phase = .startup
+    private let transactionPooling: Bool
 
     private var frontendDecoder: PGFrontendDecoder
     private var backendDecoder: PGBackendDecoder
     private var startupMachine: ClientStartupMachine
     private var upstreamMachine: UpstreamStartupMachine?
+    private var loginHandler: UpstreamConnectionHandler?
 
-    private var upstream: Channel?
+    private var connection: UpstreamConnection?
+    private var pool: UpstreamPool?
+    private var poolKey: PoolKey?
+    private var waiterID: Int?
     /// Client bytes not yet relayed: an incomplete message, or whole ones held while paused.
     private var clientPending: ByteBuffer?
     /// Upstream bytes not yet forming a whole message.
@@ -61,11 +75,13 @@ final class ClientSession {
     private var userNameTenant: String?
     private var binding: SessionBinding?
     private var statementGuard: StatementGuard?
+    private let transactionGuard = TransactionModeGuard()
     private var seenMapGeneration = 0
     private var pendingLookup: String?
+    private var tenantCounted: String?
     private(set) var proxyKey: BackendKeyData?
 
-    /// Client messages are not relayed while the proxy runs its own query upstream.
+    /// Client messages are not relayed while the proxy runs its own query or waits for a connection.
     private var clientPaused = false
     private var injection: Injection?
     private var cycleNotes = CircularBuffer<CycleNote>(initialCapacity: 4)
@@ -73,16 +89,28 @@ final class ClientSession {
     private var refusedBatch: ErrorResponse?
     /// A Parse of this batch resets the context: re-apply after the batch's Sync.
     private var reapplyAfterSync = false
+    /// Extended-protocol messages were sent since the last Sync: the connection is not free.
+    private var extendedOpen = false
+    /// ParseComplete replies to swallow: true for a Parse the proxy added (re-prepare).
+    private var parseOrigins = CircularBuffer<Bool>(initialCapacity: 4)
+    private var prepared: PreparedStatements?
+    /// Session settings the client asked for (startup parameters and options, and tracked
+    /// parameters it SET later), restored on every borrowed connection. Lower-case names.
+    private var desiredSettings: [String: String] = [:]
+    private var startupParameters: [ParameterStatus] = []
 
     /// Status of the last ReadyForQuery relayed: shutdown closes idle sessions at a boundary.
     private var transactionStatus: TransactionStatus = .idle
     /// The client said goodbye: the upstream closing next is expected, not an error.
     private var clientTerminated = false
 
+    static let trackedParameters: Set<String> = TransactionModeGuard.trackedParameters
+
     init(client: Channel, runtime: ProxyRuntime) {
         self.client = client
         self.runtime = runtime
         self.logger = runtime.logger
+        self.transactionPooling = runtime.config.pool.mode == .transaction
         let maxMessage = runtime.config.server.maxMessageBytes
         self.frontendDecoder = PGFrontendDecoder(maxMessageLength: maxMessage)
         self.backendDecoder = PGBackendDecoder(maxMessageLength: maxMessage)
@@ -106,7 +134,8 @@ final class ClientSession {
         }
     }
 
-    private var awaitingReply: Bool { !cycleNotes.isEmpty || injection != nil }
+    private var upstream: Channel? { connection?.channel }
+    private var awaitingReply: Bool { !cycleNotes.isEmpty || injection != nil || extendedOpen }
 
     // MARK: - Client side events
 
@@ -143,7 +172,7 @@ final class ClientSession {
         }
     }
 
-    /// Relays what was held while the proxy ran its own query or connected upstream.
+    /// Relays what was held while the proxy ran its own query or waited for a connection.
     private func resumeClient() {
         guard phase == .relaying else { return }
         clientPaused = false
@@ -216,42 +245,55 @@ final class ClientSession {
         case .authenticated(let user, let startup, let messages):
             logger[metadataKey: "user"] = "\(user)"
             writeToClient(messages, flush: true)
-            if runtime.isDraining {
-                fail(.notAcceptingConnections)
-                return
-            }
-            seenMapGeneration = runtime.mapGeneration
-            let decision = runtime.resolver().resolve(startup: startup, user: user, userNameTenant: userNameTenant)
-            let binding: SessionBinding
-            switch decision {
-            case .refused(let error):
-                logger.info("refused client", metadata: ["sqlstate": "\(error.sqlState)", "reason": "\(error.message)"])
-                fail(error)
-                return
-            case .bound(let bound):
-                binding = bound
-            case .lookup(let uuid, let bound):
-                switch runtime.cachedLookup(uuid) {
-                case .hit(let record):
-                    guard case .bound(let found) = TenantResolver.finishLookup(bound, uuid: uuid, found: record) else {
-                        fail(TenantResolver.finishLookup(bound, uuid: uuid, found: record).refusal ?? .tenantNotFound(uuid))
-                        return
-                    }
-                    binding = found
-                case .miss:
-                    binding = bound
-                    pendingLookup = uuid
+            authenticated(user: user, startup: startup)
+        }
+    }
+
+    private func authenticated(user: String, startup: StartupMessage) {
+        if runtime.isDraining {
+            fail(.notAcceptingConnections)
+            return
+        }
+        seenMapGeneration = runtime.mapGeneration
+        let decision = runtime.resolver().resolve(startup: startup, user: user, userNameTenant: userNameTenant)
+        var binding: SessionBinding
+        switch decision {
+        case .refused(let error):
+            logger.info("refused client", metadata: ["sqlstate": "\(error.sqlState)", "reason": "\(error.message)"])
+            fail(error)
+            return
+        case .bound(let bound):
+            binding = bound
+        case .lookup(let uuid, let bound):
+            binding = bound
+            switch runtime.cachedLookup(uuid) {
+            case .hit(let record):
+                switch TenantResolver.finishLookup(bound, uuid: uuid, found: record) {
+                case .bound(let found): binding = found
+                case .refused(let error): return fail(error)
+                case .lookup: return fail(.lookupFailed)
                 }
+            case .miss:
+                pendingLookup = uuid
             }
-            guard let key = runtime.registry.register(self) else {
-                fail(.tooManyClients)
-                return
-            }
-            bind(binding)
-            proxyKey = key
-            logger[metadataKey: "session"] = "\(key.processID)"
-            phase = .connectingUpstream
-            connectUpstream()
+        }
+        if let tenant = binding.tenant?.id {
+            guard runtime.addTenantClient(tenant) else { return fail(.tenantTooManyClients) }
+            tenantCounted = tenant
+        }
+        guard let key = runtime.registry.register(self) else {
+            fail(.tooManyClients)
+            return
+        }
+        proxyKey = key
+        logger[metadataKey: "session"] = "\(key.processID)"
+        bind(binding)
+        desiredSettings = Self.clientSettings(binding.upstreamParameters)
+        phase = .connectingUpstream
+        if transactionPooling {
+            startPooled()
+        } else {
+            connectDedicated()
         }
     }
 
@@ -270,92 +312,72 @@ final class ClientSession {
         statementGuard = mode == .global ? nil : StatementGuard(policy: GuardPolicy(tenantSettings: settings, mode: mode))
     }
 
-    // MARK: - Upstream connection
+    /// Settings a client asked for at start-up: its parameters and `-c` options, lower-case names.
+    private static func clientSettings(_ parameters: [String: String]) -> [String: String] {
+        var settings: [String: String] = [:]
+        for (name, value) in parameters where name != "options" && !name.hasPrefix("_pq_.") && name != "replication" {
+            settings[name.lowercased()] = value
+        }
+        if let options = parameters["options"], let parsed = StartupOptions(parsing: options) {
+            for setting in parsed.settings { settings[setting.name.lowercased()] = setting.value }
+        }
+        return settings
+    }
 
-    private func connectUpstream() {
+    private func upstreamRole(for binding: SessionBinding) -> (user: String, password: String?) {
+        let config = runtime.config.upstream
+        if binding.mode == .global, let global = config.globalUser {
+            return (global, config.globalPassword)
+        }
+        return (config.user, config.password)
+    }
+
+    // MARK: - Session pooling: a dedicated upstream connection
+
+    private func connectDedicated() {
         guard let binding else { return }
         let config = runtime.config.upstream
-        let global = binding.mode == .global && config.globalUser != nil
-        let user = global ? config.globalUser! : config.user
-        let password = global ? config.globalPassword : config.password
+        let role = upstreamRole(for: binding)
         var parameters = binding.upstreamParameters
-        parameters["user"] = user
+        parameters["user"] = role.user
         parameters["database"] = binding.upstreamDatabase
         parameters.removeValue(forKey: "replication")
         for key in parameters.keys where key.hasPrefix("_pq_.") {
             parameters.removeValue(forKey: key)
         }
-        upstreamMachine = UpstreamStartupMachine(user: user, password: password)
+        upstreamMachine = UpstreamStartupMachine(user: role.user, password: role.password)
         let upstreamStartup = StartupMessage(parameters: parameters)
+        let handler = UpstreamConnectionHandler()
+        handler.loginOwner = self
+        loginHandler = handler
+        let key = PoolKey(user: role.user, database: binding.upstreamDatabase)
 
-        let bootstrap = ClientBootstrap(group: client.eventLoop)
-            .channelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+        ClientBootstrap(group: client.eventLoop)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
-            .channelInitializer { [self] channel in
-                channel.pipeline.addHandler(UpstreamChannelHandler(session: self))
-            }
-        bootstrap.connect(host: config.host, port: config.port).whenComplete { [self] result in
-            switch result {
-            case .success(let channel):
-                guard phase == .connectingUpstream else {
-                    channel.close(promise: nil)
-                    return
+            .channelInitializer { channel in channel.pipeline.addHandler(handler) }
+            .connect(host: config.host, port: config.port)
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    guard phase == .connectingUpstream else {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    let connection = UpstreamConnection(channel: channel, key: key)
+                    self.connection = connection
+                    var buffer = channel.allocator.buffer(capacity: 256)
+                    upstreamStartup.encode(into: &buffer)
+                    channel.writeAndFlush(buffer, promise: nil)
+                case .failure(let error):
+                    logger.warning("upstream connect failed", metadata: ["error": "\(error)"])
+                    fail(.upstreamUnavailable)
                 }
-                upstream = channel
-                var buffer = channel.allocator.buffer(capacity: 256)
-                upstreamStartup.encode(into: &buffer)
-                channel.writeAndFlush(buffer, promise: nil)
-            case .failure(let error):
-                logger.warning("upstream connect failed", metadata: ["error": "\(error)"])
-                fail(.upstreamUnavailable)
             }
-        }
-    }
-
-    func upstreamRead(_ data: ByteBuffer) {
-        guard phase != .closed else { return }
-        var buffer = Self.append(data, to: &upstreamPending)
-        do {
-            if phase == .connectingUpstream, injection == nil {
-                try processUpstreamStartup(&buffer)
-            }
-            if phase == .connectingUpstream || phase == .relaying {
-                try relayUpstreamMessages(&buffer)
-            }
-        } catch {
-            logger.warning("upstream sent an unreadable message", metadata: ["error": "\(error)"])
-            fail(.upstreamProtocol("unreadable message"))
-            return
-        }
-        if buffer.readableBytes > 0, phase != .closed {
-            upstreamPending = buffer
-        }
-    }
-
-    func upstreamReadComplete() {
-        client.flush()
-    }
-
-    func upstreamClosed() {
-        guard phase != .closed else { return }
-        if clientTerminated {
-            close()
-        } else if phase == .connectingUpstream {
-            fail(.upstreamUnavailable)
-        } else {
-            logger.warning("upstream connection lost")
-            fail(.upstreamLost)
-        }
-    }
-
-    func upstreamWritabilityChanged() {
-        guard let upstream, phase == .relaying, !clientPaused else { return }
-        client.setOption(ChannelOptions.autoRead, value: upstream.isWritable).whenFailure { _ in }
     }
 
     private func processUpstreamStartup(_ buffer: inout ByteBuffer) throws {
-        while phase == .connectingUpstream, injection == nil, let frame = try backendDecoder.next(from: &buffer) {
+        while phase == .connectingUpstream, upstreamMachine != nil, let frame = try backendDecoder.next(from: &buffer) {
             let message = try BackendMessage.decode(frame)
             guard let action = upstreamMachine?.receive(message) else { return }
             switch action {
@@ -374,36 +396,156 @@ final class ClientSession {
                 }
             case .ready(let parameters, let key):
                 upstreamMachine = nil
-                upstreamReady(parameters: parameters, upstreamKey: key)
+                if let connection {
+                    connection.backendKey = key
+                    connection.owner = self
+                    loginHandler?.connection = connection
+                    loginHandler?.loginOwner = nil
+                    loginHandler = nil
+                }
+                startupParameters = parameters
+                setCancelTarget()
+                applyContextAtConnect()
             }
         }
     }
 
-    private var startupParameters: [ParameterStatus] = []
-
-    private func upstreamReady(parameters: [ParameterStatus], upstreamKey: BackendKeyData?) {
-        guard let proxyKey, let binding else { return }
-        startupParameters = parameters
-        if let upstreamKey {
-            let config = runtime.config.upstream
-            runtime.registry.setCancelTarget(
-                .init(key: upstreamKey, host: config.host, port: config.port), for: proxyKey.processID)
-        }
+    /// Session mode: the context (or the tenant lookup) goes first, then the client is ready.
+    private func applyContextAtConnect() {
+        guard let binding else { return }
         if let uuid = pendingLookup {
-            inject(runtime.injector.lookupStatements(uuid: uuid, userID: binding.userID), purpose: .lookup(uuid: uuid))
+            inject([runtime.injector.lookupStatements(uuid: uuid, userID: binding.userID)], purpose: .lookup(uuid: uuid))
         } else if let statements = runtime.injector.statements(tenant: binding.tenant, userID: binding.userID) {
-            inject(statements, purpose: .connectContext)
+            connection?.context = statements
+            inject([statements], purpose: .connectContext)
         } else {
             becomeReady()
         }
     }
+
+    // MARK: - Transaction pooling: borrowed connections
+
+    private func startPooled() {
+        guard let binding else { return }
+        let role = upstreamRole(for: binding)
+        let key = PoolKey(user: role.user, database: binding.upstreamDatabase)
+        poolKey = key
+        pool = runtime.pool(for: client.eventLoop)
+        if pendingLookup == nil, let parameters = pool?.serverParameters[key] {
+            startupParameters = parameters
+            becomeReady()
+            return
+        }
+        // Learn the server's parameters (or look the tenant up) on a borrowed connection.
+        borrow { [self] in
+            if let uuid = pendingLookup {
+                inject([runtime.injector.lookupStatements(uuid: uuid, userID: binding.userID)], purpose: .lookup(uuid: uuid))
+            } else {
+                startupParameters = pool?.serverParameters[key] ?? []
+                giveBack()
+                becomeReady()
+            }
+        }
+    }
+
+    /// Borrows a connection from the loop's pool; the client is paused meanwhile.
+    private func borrow(then attached: @escaping () -> Void) {
+        guard let pool, let poolKey else {
+            logger.error("no pool for this event loop")
+            return fail(.upstreamUnavailable)
+        }
+        logger.trace("borrowing", metadata: ["waiting": "\(pool.waitingCount)", "idle": "\(pool.idleCount)", "open": "\(pool.openCount)"])
+        clientPaused = true
+        client.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        let context = wantedContext ?? ""
+        waiterID = pool.acquire(key: poolKey, context: context, tenant: tenantLease) { [self] result in
+            waiterID = nil
+            switch result {
+            case .success(let borrowed):
+                guard phase != .closed else {
+                    pool.release(borrowed, tenant: tenantLease)
+                    return
+                }
+                borrowed.owner = self
+                connection = borrowed
+                setCancelTarget()
+                upstream?.setOption(ChannelOptions.autoRead, value: client.isWritable).whenFailure { _ in }
+                attached()
+            case .failure(let error):
+                logger.warning("no upstream connection", metadata: ["sqlstate": "\(error.sqlState)"])
+                fail(error)
+            }
+        }
+    }
+
+    /// Returns the borrowed connection at a transaction boundary.
+    private func giveBack() {
+        guard let connection, let pool else { return }
+        self.connection = nil
+        parseOrigins.removeAll()
+        if let proxyKey { runtime.registry.setCancelTarget(nil, for: proxyKey.processID) }
+        pool.release(connection, tenant: tenantLease)
+    }
+
+    private var tenantLease: String? { binding?.tenant?.id }
+
+    /// The context statements this client needs on its connection (nil: none).
+    private var wantedContext: String? {
+        guard let binding else { return nil }
+        return runtime.injector.statements(tenant: binding.tenant, userID: binding.userID)
+    }
+
+    /// Queries that give a borrowed connection this client's context and settings, diffed against
+    /// what the connection carries. Clearing the old context comes in its own Query before the new
+    /// one, so a failing SET leaves no context at all (fail closed), never the previous tenant's.
+    private func preludeQueries(for connection: UpstreamConnection) -> [String] {
+        var queries: [String] = []
+        let wanted = wantedContext ?? ""
+        if connection.context != wanted {
+            if !connection.context.isEmpty {
+                let settings = runtime.config.tenancy
+                var reset = "RESET \(settings.tenantSetting); RESET \(settings.userSetting)"
+                if connection.context.contains("search_path") { reset += "; RESET search_path" }
+                queries.append(reset)
+            }
+            if !wanted.isEmpty { queries.append(wanted) }
+            connection.context = wanted
+        }
+        var sets: [String] = []
+        for (name, value) in desiredSettings.sorted(by: { $0.key < $1.key }) where connection.applied[name] != value {
+            guard ContextInjector.isSafeSettingName(name) else { continue }
+            sets.append("SET \(name) = \(ContextInjector.literal(value))")
+            connection.applied[name] = value
+        }
+        for name in connection.applied.keys.sorted() where desiredSettings[name] == nil {
+            guard ContextInjector.isSafeSettingName(name) else { continue }
+            sets.append("RESET \(name)")
+            connection.applied.removeValue(forKey: name)
+        }
+        if !sets.isEmpty { queries.append(sets.joined(separator: "; ")) }
+        if connection.preparedStatements.count > 500 {
+            queries.append("DEALLOCATE ALL")
+            connection.preparedStatements.removeAll()
+        }
+        return queries
+    }
+
+    // MARK: - Ready
 
     /// The upstream carries the context: the client gets its log-in replies and may start.
     private func becomeReady() {
         guard let proxyKey else { return }
         phase = .relaying
         var messages: [BackendMessage] = [.authentication(.ok)]
-        messages += startupParameters.map { .parameterStatus($0) }
+        var reported = startupParameters
+        if transactionPooling {
+            // The pool's connections started without the client's parameters; report the client's own.
+            for index in reported.indices {
+                if let value = desiredSettings[reported[index].name.lowercased()] { reported[index].value = value }
+            }
+            prepared = PreparedStatements(sessionID: proxyKey.processID)
+        }
+        messages += reported.map { .parameterStatus($0) }
         messages.append(.backendKeyData(proxyKey))
         messages.append(.readyForQuery(ReadyForQuery(status: .idle)))
         startupParameters = []
@@ -412,14 +554,26 @@ final class ClientSession {
         resumeClient()
     }
 
+    private func setCancelTarget() {
+        guard let proxyKey, let key = connection?.backendKey else { return }
+        let config = runtime.config.upstream
+        runtime.registry.setCancelTarget(.init(key: key, host: config.host, port: config.port), for: proxyKey.processID)
+    }
+
     // MARK: - Injected queries
 
-    private func inject(_ sql: String, purpose: Injection.Purpose) {
-        guard let upstream else { return }
-        injection = Injection(purpose: purpose)
-        var buffer = upstream.allocator.buffer(capacity: sql.utf8.count + 8)
-        FrontendMessage.query(Query(query: sql)).encode(into: &buffer)
-        upstream.writeAndFlush(buffer, promise: nil)
+    private func inject(_ queries: [String], purpose: Injection.Purpose, flush: Bool = true) {
+        guard let upstream, !queries.isEmpty else { return }
+        injection = Injection(purpose: purpose, remaining: queries.count)
+        var buffer = upstream.allocator.buffer(capacity: 256)
+        for sql in queries {
+            FrontendMessage.query(Query(query: sql)).encode(into: &buffer)
+        }
+        if flush {
+            upstream.writeAndFlush(buffer, promise: nil)
+        } else {
+            upstream.write(buffer, promise: nil)
+        }
     }
 
     /// Consumes one upstream frame that answers an injected query.
@@ -432,8 +586,13 @@ final class ClientSession {
         case BackendMessageID.errorResponse.rawValue:
             var payload = frame.payload
             injection?.error = try ErrorResponse.decode(payload: &payload)
+        case BackendMessageID.parameterStatus.rawValue:
+            var payload = frame.payload
+            let status = try ParameterStatus.decode(payload: &payload)
+            connection?.parameters[status.name] = status.value
         case BackendMessageID.readyForQuery.rawValue:
-            guard let finished = injection else { return }
+            injection?.remaining -= 1
+            guard let finished = injection, finished.remaining == 0 else { return }
             injection = nil
             finishInjection(finished)
         default:
@@ -446,6 +605,7 @@ final class ClientSession {
             logger.error("tenant context query failed upstream", metadata: [
                 "sqlstate": "\(error.sqlState ?? "?")", "message": "\(error.message ?? "")",
             ])
+            connection?.broken = true
         }
         switch finished.purpose {
         case .connectContext:
@@ -454,6 +614,11 @@ final class ClientSession {
         case .reapply:
             guard finished.error == nil else { return fail(.contextNotApplied) }
             resumeClient()
+        case .prelude:
+            // The client's statements went right behind; they must not have run without context.
+            if finished.error != nil { fail(.contextNotApplied) }
+        case .none:
+            break
         case .lookup(let uuid):
             guard finished.error == nil, let binding else { return fail(.lookupFailed) }
             pendingLookup = nil
@@ -467,7 +632,17 @@ final class ClientSession {
             switch TenantResolver.finishLookup(binding, uuid: uuid, found: record) {
             case .bound(let bound):
                 bind(bound)
-                becomeReady()  // the lookup statements already set the context
+                if let tenant = bound.tenant?.id, tenantCounted == nil {
+                    guard runtime.addTenantClient(tenant) else { return fail(.tenantTooManyClients) }
+                    tenantCounted = tenant
+                }
+                // The lookup statements already set the context.
+                connection?.context = wantedContext ?? ""
+                if transactionPooling {
+                    startupParameters = pool.flatMap { pool in poolKey.flatMap { pool.serverParameters[$0] } } ?? []
+                    giveBack()
+                }
+                becomeReady()
             case .refused(let error):
                 fail(error)
             case .lookup:
@@ -476,10 +651,33 @@ final class ClientSession {
         }
     }
 
-    // MARK: - Relaying
+    // MARK: - Relaying client messages
 
     private func relayClientMessages(_ buffer: inout ByteBuffer) throws {
-        guard let upstream else { return }
+        guard let upstream else {
+            // Transaction pooling between transactions: borrow for the next message, unless it
+            // is the client leaving.
+            guard transactionPooling, buffer.readableBytes > 0 else { return }
+            if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == FrontendMessageID.terminate.rawValue {
+                clientTerminated = true
+                close()
+                return
+            }
+            if try answerPrepareLocally(&buffer) {
+                guard buffer.readableBytes > 0 else { return }
+                return try relayClientMessages(&buffer)
+            }
+            // Hold the bytes where resumeClient finds them; the pool may answer at once.
+            clientPending = buffer
+            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+            borrow { [self] in
+                guard let connection else { return }
+                let prelude = preludeQueries(for: connection)
+                if !prelude.isEmpty { inject(prelude, purpose: .prelude, flush: false) }
+                resumeClient()
+            }
+            return
+        }
         let original = buffer
         var runStart = buffer.readerIndex
         func emitRun(upTo end: Int) {
@@ -487,7 +685,7 @@ final class ClientSession {
                 upstream.write(slice, promise: nil)
             }
         }
-        while !clientPaused, phase == .relaying {
+        while !clientPaused, phase == .relaying, connection != nil {
             let frameStart = buffer.readerIndex
             guard let part = try frontendDecoder.next(from: &buffer) else { break }
             guard case .frame(let frame) = part else {
@@ -499,12 +697,10 @@ final class ClientSession {
             case .drop:
                 emitRun(upTo: frameStart)
                 runStart = buffer.readerIndex
-            case .replaceWithSync:
+            case .replace(let buffers):
                 emitRun(upTo: frameStart)
                 runStart = buffer.readerIndex
-                var sync = upstream.allocator.buffer(capacity: 5)
-                FrontendMessage.sync.encode(into: &sync)
-                upstream.write(sync, promise: nil)
+                for out in buffers { upstream.write(out, promise: nil) }
             case .pauseAfter:
                 clientPaused = true
             case .closed:
@@ -517,22 +713,55 @@ final class ClientSession {
     private enum FrameDecision {
         case forward
         case drop
-        case replaceWithSync
+        /// Send these bytes instead of the frame.
+        case replace([ByteBuffer])
         /// Forward it, then hold everything after it until the context is re-applied.
         case pauseAfter
         case closed
+    }
+
+    private func syncFrame() -> ByteBuffer {
+        var sync = client.allocator.buffer(capacity: 5)
+        FrontendMessage.sync.encode(into: &sync)
+        return sync
     }
 
     private func handleClientFrame(_ frame: PGFrame) -> FrameDecision {
         switch frame.type {
         case FrontendMessageID.query.rawValue:
             guard tenantStillActive() else { return .closed }
-            let verdict = inspect(frame.payload, skippingName: false)
-            if let refusal = verdict.refusal {
-                cycleNotes.append(.refused(ProxyError.guardRefusal(refusal).errorResponse))
-                return .replaceWithSync
+            var verdict = inspect(frame.payload, skippingName: false)
+            var transactionVerdict = TransactionModeVerdict.allow
+            if verdict.refusal == nil, transactionPooling {
+                transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: false)
+                if let refusal = transactionVerdict.refusal {
+                    cycleNotes.append(.answered([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)]))
+                    return .replace([syncFrame()])
+                }
             }
+            if let refusal = verdict.refusal {
+                cycleNotes.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]))
+                return .replace([syncFrame()])
+            }
+            if let deallocate = transactionVerdict.deallocate {
+                // Protocol-level statements are the proxy's to manage: answer it here.
+                switch deallocate {
+                case .all: prepared?.removeAll()
+                case .named(let name): prepared?.remove(name)
+                }
+                let tag = deallocate == .all ? "DEALLOCATE ALL" : "DEALLOCATE"
+                cycleNotes.append(.answered([.commandComplete(CommandComplete(tag: tag))]))
+                return .replace([syncFrame()])
+            }
+            if transactionVerdict.discardsPreparedStatements {
+                prepared?.removeAll()
+                connection?.preparedStatements.removeAll()
+            }
+            noteSwitch(verdict)
             if verdict.reapplyContextAfter {
+                verdict.reapplyContextAfter = false
+                connection?.context = "(reset)"
+                connection?.applied.removeAll()
                 cycleNotes.append(.reapply)
                 return .pauseAfter
             }
@@ -542,22 +771,48 @@ final class ClientSession {
         case FrontendMessageID.parse.rawValue:
             guard tenantStillActive() else { return .closed }
             if refusedBatch != nil { return .drop }
+            extendedOpen = true
             let verdict = inspect(frame.payload, skippingName: true)
             if let refusal = verdict.refusal {
                 refusedBatch = ProxyError.guardRefusal(refusal).errorResponse
                 return .drop
             }
+            if transactionPooling {
+                let transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: true)
+                if let refusal = transactionVerdict.refusal {
+                    refusedBatch = ProxyError.sessionStateRefused(refusal).errorResponse
+                    return .drop
+                }
+                if transactionVerdict.discardsPreparedStatements {
+                    prepared?.removeAll()
+                    connection?.preparedStatements.removeAll()
+                }
+            }
+            noteSwitch(verdict)
             if verdict.reapplyContextAfter { reapplyAfterSync = true }
-            return .forward
+            return renameParse(frame)
+
+        case FrontendMessageID.bind.rawValue:
+            if refusedBatch != nil { return .drop }
+            extendedOpen = true
+            return renameBind(frame)
+
+        case FrontendMessageID.describe.rawValue, FrontendMessageID.close.rawValue:
+            if refusedBatch != nil { return .drop }
+            extendedOpen = true
+            return renameStatementTarget(frame)
 
         case FrontendMessageID.sync.rawValue:
+            extendedOpen = false
             if let error = refusedBatch {
                 refusedBatch = nil
-                cycleNotes.append(.refused(error))
+                cycleNotes.append(.answered([.errorResponse(error)]))
                 return .forward
             }
             if reapplyAfterSync {
                 reapplyAfterSync = false
+                connection?.context = "(reset)"
+                connection?.applied.removeAll()
                 cycleNotes.append(.reapply)
                 return .pauseAfter
             }
@@ -567,34 +822,134 @@ final class ClientSession {
         case FrontendMessageID.functionCall.rawValue:
             guard tenantStillActive() else { return .closed }
             if let guardian = statementGuard, let refusal = guardian.inspectFunctionCall().refusal {
-                cycleNotes.append(.refused(ProxyError.guardRefusal(refusal).errorResponse))
-                return .replaceWithSync
+                cycleNotes.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]))
+                return .replace([syncFrame()])
             }
             cycleNotes.append(.plain)
             return .forward
 
         case FrontendMessageID.terminate.rawValue:
             clientTerminated = true
+            if transactionPooling {
+                // The connection is the pool's: never forward a Terminate to it.
+                close()
+                return .closed
+            }
+            return .forward
+
+        case FrontendMessageID.execute.rawValue, FrontendMessageID.flush.rawValue:
+            if refusedBatch != nil { return .drop }
+            extendedOpen = true
             return .forward
 
         default:
-            // Bind, Describe, Execute, Close, Flush, Copy*: part of a batch; dropped with a refused Parse.
-            return refusedBatch == nil ? .forward : .drop
+            // Copy data and the like.
+            return .forward
         }
     }
+
+    // MARK: - Prepared statements across borrowed connections
+
+    /// Between transactions, a batch of named Parse messages ended by Sync (what PQprepare sends)
+    /// needs no upstream connection: the proxy records the statements, answers ParseComplete and
+    /// ReadyForQuery itself, and prepares each on whichever connection first runs it. This also
+    /// keeps a client that prepares synchronously (pgbench -M prepared) from holding a pool slot.
+    /// Returns false, consuming nothing, for anything else.
+    private func answerPrepareLocally(_ buffer: inout ByteBuffer) throws -> Bool {
+        guard prepared != nil, refusedBatch == nil else { return false }
+        var probe = buffer
+        var decoder = frontendDecoder
+        var parses: [Parse] = []
+        while let part = try decoder.next(from: &probe) {
+            guard case .frame(let frame) = part else { return false }
+            if frame.type == FrontendMessageID.sync.rawValue {
+                guard !parses.isEmpty else { return false }
+                for parse in parses { _ = prepared?.register(parse, allocator: client.allocator) }
+                buffer = probe
+                frontendDecoder = decoder
+                var messages = [BackendMessage](repeating: .parseComplete, count: parses.count)
+                messages.append(.readyForQuery(ReadyForQuery(status: .idle)))
+                writeToClient(messages, flush: true)
+                return true
+            }
+            guard frame.type == FrontendMessageID.parse.rawValue,
+                  inspect(frame.payload, skippingName: true).isAllowed,
+                  inspect(frame.payload, skippingName: true).reapplyContextAfter == false,
+                  inspectForTransactionMode(frame.payload, skippingName: true) == .allow
+            else { return false }
+            var payload = frame.payload
+            guard let parse = try? Parse.decode(payload: &payload), !parse.name.isEmpty else { return false }
+            parses.append(parse)
+        }
+        return false
+    }
+
+    private func renameParse(_ frame: PGFrame) -> FrameDecision {
+        guard transactionPooling, var prepared else {
+            parseOrigins.append(false)
+            return .forward
+        }
+        var payload = frame.payload
+        guard let parse = try? Parse.decode(payload: &payload), !parse.name.isEmpty else {
+            parseOrigins.append(false)
+            return .forward
+        }
+        let statement = prepared.register(parse, allocator: client.allocator)
+        self.prepared = prepared
+        connection?.preparedStatements.insert(statement.proxyName)
+        parseOrigins.append(false)
+        return .replace([statement.parse])
+    }
+
+    /// The client's statement under its proxy name, prepared first on this connection if needed.
+    private func ensurePrepared(_ name: String, into out: inout [ByteBuffer]) -> String? {
+        guard let statement = prepared?[name], let connection else { return nil }
+        if !connection.preparedStatements.contains(statement.proxyName) {
+            out.append(statement.parse)
+            parseOrigins.append(true)
+            connection.preparedStatements.insert(statement.proxyName)
+        }
+        return statement.proxyName
+    }
+
+    private func renameBind(_ frame: PGFrame) -> FrameDecision {
+        guard transactionPooling,
+              let (name, rest, portal) = PreparedStatements.statementName(ofBind: frame.payload), !name.isEmpty
+        else { return .forward }
+        var out: [ByteBuffer] = []
+        guard let proxyName = ensurePrepared(name, into: &out) else { return .forward }
+        out += PreparedStatements.renamedBind(portal: portal, statement: proxyName, rest: rest, allocator: client.allocator)
+        return .replace(out)
+    }
+
+    private func renameStatementTarget(_ frame: PGFrame) -> FrameDecision {
+        guard transactionPooling else { return .forward }
+        var payload = frame.payload
+        guard let kind = payload.readInteger(as: UInt8.self), kind == PGTargetKind.statement.rawValue,
+              let name = payload.readNullTerminatedString(), !name.isEmpty
+        else { return .forward }
+        var out: [ByteBuffer] = []
+        if frame.type == FrontendMessageID.close.rawValue {
+            guard let statement = prepared?[name] else { return .forward }
+            prepared?.remove(name)
+            connection?.preparedStatements.remove(statement.proxyName)
+            var buffer = client.allocator.buffer(capacity: 32)
+            FrontendMessage.close(Close(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
+            return .replace([buffer])
+        }
+        guard let proxyName = ensurePrepared(name, into: &out) else { return .forward }
+        var buffer = client.allocator.buffer(capacity: 32)
+        FrontendMessage.describe(Describe(kind: .statement, name: proxyName)).encode(into: &buffer)
+        out.append(buffer)
+        return .replace(out)
+    }
+
+    // MARK: - Guard
 
     /// The guard's verdict on a Query's or Parse's SQL, with switch users' tenant changes checked.
     private func inspect(_ payload: ByteBuffer, skippingName: Bool) -> GuardVerdict {
         guard let statementGuard else { return .allow }
-        var sqlStart = payload.readerIndex
-        if skippingName {
-            guard let nameEnd = payload.readableBytesView.firstIndex(of: 0) else { return .allow }
-            sqlStart = nameEnd + 1
-        }
-        let end = payload.readableBytesView[sqlStart...].firstIndex(of: 0) ?? payload.writerIndex
-        var verdict = payload.withUnsafeReadableBytes { raw in
-            statementGuard.inspect(utf8: UnsafeRawBufferPointer(rebasing: raw[(sqlStart - payload.readerIndex)..<(end - payload.readerIndex)]))
-        }
+        var verdict = withSQL(payload, skippingName: skippingName) { statementGuard.inspect(utf8: $0) }
         if verdict.refusal == nil, binding?.mode == .switch {
             for change in verdict.tenantSettingChanges where change.name == runtime.config.tenancy.tenantSetting {
                 if let value = change.value, !switchAllowed(to: value) {
@@ -603,6 +958,35 @@ final class ClientSession {
             }
         }
         return verdict
+    }
+
+    private func inspectForTransactionMode(_ payload: ByteBuffer, skippingName: Bool) -> TransactionModeVerdict {
+        withSQL(payload, skippingName: skippingName) { transactionGuard.inspect(utf8: $0) }
+    }
+
+    private func withSQL<T>(_ payload: ByteBuffer, skippingName: Bool, _ body: (UnsafeRawBufferPointer) -> T) -> T {
+        var sqlStart = payload.readerIndex
+        if skippingName, let nameEnd = payload.readableBytesView.firstIndex(of: 0) {
+            sqlStart = nameEnd + 1
+        }
+        let end = payload.readableBytesView[sqlStart...].firstIndex(of: 0) ?? payload.writerIndex
+        return payload.withUnsafeReadableBytes { raw in
+            body(UnsafeRawBufferPointer(rebasing: raw[(sqlStart - payload.readerIndex)..<(end - payload.readerIndex)]))
+        }
+    }
+
+    /// A switch user's accepted session-level SET of the tenant becomes its context, so the proxy
+    /// restores it on every connection it borrows later.
+    private func noteSwitch(_ verdict: GuardVerdict) {
+        guard binding?.mode == .switch else { return }
+        for change in verdict.tenantSettingChanges where change.name == runtime.config.tenancy.tenantSetting && !change.isLocal {
+            if let value = change.value {
+                binding?.tenant = runtime.map.tenant(named: value) ?? Tenant(name: value, id: value)
+            } else {
+                binding?.tenant = nil
+            }
+            connection?.context = wantedContext ?? ""
+        }
     }
 
     /// A switch user may set the tenant to the id of an active tenant it may use.
@@ -630,7 +1014,8 @@ final class ClientSession {
         let map = runtime.map
         if let current = map.tenants[tenant.name], current.id == tenant.id {
             if current.status == .active { return true }
-        } else if map.tenant(named: tenant.id) == nil, pendingLookupWasUsed(tenant) {
+        } else if map.tenant(named: tenant.id) == nil, TenantIdentifier.isUUID(tenant.id) {
+            // Found in the upstream's tenants table, not in the map: a reload does not concern it.
             return true
         }
         logger.info("tenant no longer active; ending session")
@@ -638,9 +1023,49 @@ final class ClientSession {
         return false
     }
 
-    /// Tenants found in the upstream table are not in the map; a reload does not concern them.
-    private func pendingLookupWasUsed(_ tenant: Tenant) -> Bool {
-        TenantIdentifier.isUUID(tenant.id) && runtime.map.tenants[tenant.name] == nil
+    // MARK: - Upstream events
+
+    func upstreamRead(_ data: ByteBuffer) {
+        guard phase != .closed else { return }
+        var buffer = Self.append(data, to: &upstreamPending)
+        do {
+            if phase == .connectingUpstream, upstreamMachine != nil {
+                try processUpstreamStartup(&buffer)
+            }
+            if phase == .connectingUpstream || phase == .relaying {
+                try relayUpstreamMessages(&buffer)
+            }
+        } catch {
+            logger.warning("upstream sent an unreadable message", metadata: ["error": "\(error)"])
+            connection?.broken = true
+            fail(.upstreamProtocol("unreadable message"))
+            return
+        }
+        if buffer.readableBytes > 0, phase != .closed, connection != nil {
+            upstreamPending = buffer
+        }
+    }
+
+    func upstreamReadComplete() {
+        client.flush()
+    }
+
+    func upstreamClosed() {
+        guard phase != .closed else { return }
+        connection?.broken = true
+        if clientTerminated {
+            close()
+        } else if phase == .connectingUpstream {
+            fail(.upstreamUnavailable)
+        } else {
+            logger.warning("upstream connection lost")
+            fail(.upstreamLost)
+        }
+    }
+
+    func upstreamWritabilityChanged() {
+        guard let upstream, phase == .relaying, !clientPaused else { return }
+        client.setOption(ChannelOptions.autoRead, value: upstream.isWritable).whenFailure { _ in }
     }
 
     private func relayUpstreamMessages(_ buffer: inout ByteBuffer) throws {
@@ -651,44 +1076,92 @@ final class ClientSession {
                 client.write(slice, promise: nil)
             }
         }
-        while phase != .closed, let frame = try backendDecoder.next(from: &buffer) {
+        while phase != .closed, connection != nil, let frame = try backendDecoder.next(from: &buffer) {
+            let frameEnd = buffer.readerIndex
+            let frameStart = frameEnd - frame.payload.readableBytes - 5
             if injection != nil {
                 try consumeInjected(frame)
-                runStart = buffer.readerIndex
+                runStart = frameEnd
                 continue
             }
             guard phase == .relaying else { continue }
-            guard frame.type == BackendMessageID.readyForQuery.rawValue else { continue }
-            let status = frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self)
-                .flatMap(TransactionStatus.init(rawValue:)) ?? .idle
-            transactionStatus = status
-            switch cycleNotes.popFirst() ?? .plain {
-            case .plain:
-                break
-            case .refused(let error):
-                let frameStart = buffer.readerIndex - frame.payload.readableBytes - 5
-                emitRun(upTo: frameStart)
-                runStart = frameStart
-                writeToClient([.errorResponse(error)], flush: false)
-            case .reapply:
-                emitRun(upTo: buffer.readerIndex)
-                runStart = buffer.readerIndex
-                // In a failed transaction the reset is rolled back with it; nothing to re-apply.
-                if status != .failed, let binding,
-                   let statements = runtime.injector.statements(tenant: binding.tenant, userID: binding.userID) {
-                    inject(statements, purpose: .reapply)
-                } else {
-                    resumeClient()
+            switch frame.type {
+            case BackendMessageID.parseComplete.rawValue:
+                if parseOrigins.popFirst() == true {
+                    // Reply to a Parse the proxy added to re-prepare a statement: not the client's.
+                    emitRun(upTo: frameStart)
+                    runStart = frameEnd
                 }
+            case BackendMessageID.parameterStatus.rawValue where transactionPooling:
+                var payload = frame.payload
+                if let status = try? ParameterStatus.decode(payload: &payload) {
+                    connection?.parameters[status.name] = status.value
+                    let name = status.name.lowercased()
+                    if Self.trackedParameters.contains(name) {
+                        desiredSettings[name] = status.value
+                        connection?.applied[name] = status.value
+                    }
+                }
+            case BackendMessageID.readyForQuery.rawValue:
+                try handleReadyForQuery(frame, start: frameStart, end: frameEnd, runStart: &runStart, emitRun: emitRun)
+            default:
+                continue
             }
         }
         if phase == .relaying {
             emitRun(upTo: buffer.readerIndex)
         }
+        if transactionPooling, phase == .relaying, connection != nil, transactionStatus == .idle, !awaitingReply,
+           buffer.readableBytes == 0 {
+            // The read-complete event goes to the connection's next owner: flush our part now.
+            client.flush()
+            giveBack()
+            upstreamPending = nil
+            if clientPending != nil { resumeClient() }
+        }
         if runtime.isDraining, phase == .relaying, transactionStatus == .idle, !awaitingReply {
             // A session that is between transactions when the proxy drains ends cleanly here.
             fail(.shuttingDown)
         }
+    }
+
+    private func handleReadyForQuery(
+        _ frame: PGFrame, start: Int, end: Int, runStart: inout Int, emitRun: (Int) -> Void
+    ) throws {
+        let status = frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self)
+            .flatMap(TransactionStatus.init(rawValue:)) ?? .idle
+        transactionStatus = status
+        parseOrigins.removeAll()
+        switch cycleNotes.popFirst() ?? .plain {
+        case .plain:
+            break
+        case .answered(let messages):
+            emitRun(start)
+            runStart = start
+            writeToClient(messages, flush: false)
+        case .reapply:
+            emitRun(end)
+            runStart = end
+            // In a failed transaction the reset is rolled back with it; nothing to re-apply.
+            if status != .failed, let connection {
+                let prelude = transactionPooling ? preludeQueries(for: connection) : contextQueries(for: connection)
+                if prelude.isEmpty {
+                    resumeClient()
+                } else {
+                    inject(prelude, purpose: .reapply)
+                }
+            } else {
+                connection?.context = wantedContext ?? ""
+                resumeClient()
+            }
+        }
+    }
+
+    /// Session mode after RESET ALL / DISCARD ALL: the context again.
+    private func contextQueries(for connection: UpstreamConnection) -> [String] {
+        guard let statements = wantedContext else { return [] }
+        connection.context = statements
+        return [statements]
     }
 
     // MARK: - Cancel
@@ -719,13 +1192,12 @@ final class ClientSession {
 
     // MARK: - Shutdown
 
-    /// Called on the session's loop when the proxy drains: an idle session ends now, a busy one
-    /// at its next transaction boundary.
+    /// Called on the session's loop when the proxy drains. Sessions keep working; each ends with
+    /// FATAL 57P01 at its next transaction boundary (after the ReadyForQuery of its next
+    /// statement), never inside a transaction. A session still logging in is refused.
     func drain() {
         guard phase != .closed else { return }
-        if phase == .relaying, transactionStatus == .idle, !awaitingReply {
-            fail(.shuttingDown)
-        } else if phase == .startup {
+        if phase == .startup {
             fail(.notAcceptingConnections)
         }
     }
@@ -771,13 +1243,32 @@ final class ClientSession {
         if let proxyKey {
             runtime.registry.unregister(proxyKey.processID)
         }
-        if let upstream {
-            // Tell the server we are leaving so it does not log an unexpected EOF.
-            var terminate = upstream.allocator.buffer(capacity: 5)
-            FrontendMessage.terminate.encode(into: &terminate)
-            upstream.writeAndFlush(terminate).whenComplete { _ in upstream.close(promise: nil) }
+        if let tenantCounted {
+            runtime.removeTenantClient(tenantCounted)
+            self.tenantCounted = nil
         }
-        upstream = nil
+        if let waiterID {
+            pool?.cancelWait(waiterID)
+            self.waiterID = nil
+        }
+        if let connection {
+            self.connection = nil
+            if transactionPooling, let pool {
+                // Mid-transaction state cannot be handed to another client: only an idle,
+                // fully answered connection goes back.
+                if transactionStatus != .idle || awaitingReply || connection.broken {
+                    pool.discard(connection)
+                } else {
+                    pool.release(connection, tenant: tenantLease)
+                }
+            } else {
+                // Tell the server we are leaving so it does not log an unexpected EOF.
+                let channel = connection.channel
+                var terminate = channel.allocator.buffer(capacity: 5)
+                FrontendMessage.terminate.encode(into: &terminate)
+                channel.writeAndFlush(terminate).whenComplete { _ in channel.close(promise: nil) }
+            }
+        }
         client.close(promise: nil)
     }
 
@@ -789,12 +1280,5 @@ final class ClientSession {
         var incoming = data
         existing.writeBuffer(&incoming)
         return existing
-    }
-}
-
-extension TenantResolver.Decision {
-    var refusal: ProxyError? {
-        if case .refused(let error) = self { return error }
-        return nil
     }
 }

@@ -131,3 +131,22 @@ extension ProxyError {
         severity: .fatal, sqlState: "08006", message: "the tenant could not be looked up upstream",
         hint: "Reconnect; if it persists ask the operator (is there a tenants table?).")
 }
+
+// MARK: - Pooling
+
+extension ProxyError {
+    static func poolTimeout(seconds: Int) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "53300",
+                   message: "no upstream connection became free within \(seconds) seconds",
+                   hint: "The pool is exhausted; retry later, or ask the operator to raise pool.size or tenant_max_connections.")
+    }
+
+    static let tenantTooManyClients = ProxyError(
+        severity: .fatal, sqlState: "53300", message: "too many connections for this tenant",
+        hint: "Close idle connections of this tenant or ask the operator to raise pool.tenant_max_clients.")
+
+    static func sessionStateRefused(_ reason: String) -> ProxyError {
+        ProxyError(severity: .error, sqlState: "0A000", message: reason,
+                   hint: "The proxy runs in transaction pooling mode: session state would leak to the next client. Use session mode for this.")
+    }
+}

@@ -41,36 +41,3 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 }
 
-/// Thin adapter from the upstream channel's events to the `ClientSession` it serves.
-final class UpstreamChannelHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-
-    private var session: ClientSession?
-
-    init(session: ClientSession) {
-        self.session = session
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        session?.upstreamRead(unwrapInboundIn(data))
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) {
-        session?.upstreamReadComplete()
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        session?.upstreamWritabilityChanged()
-        context.fireChannelWritabilityChanged()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        session?.upstreamClosed()
-        session = nil
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        context.close(promise: nil)
-    }
-}

@@ -14,6 +14,15 @@ struct ContextInjector: Sendable {
         }
     }
 
+    /// A client-supplied setting name the proxy may place in a SET of its own: plain identifier
+    /// characters only (and at most one dot), so it can never carry SQL.
+    static func isSafeSettingName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard (1...63).contains(bytes.count), bytes.filter({ $0 == 0x2E }).count <= 1,
+              let first = bytes.first, !(first >= 0x30 && first <= 0x39), first != 0x2E, bytes.last != 0x2E else { return false }
+        return bytes.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F || $0 == 0x2E }
+    }
+
     static func literal(_ value: String) -> String {
         "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
     }

@@ -1,0 +1,64 @@
+import NIOCore
+import PGWire
+
+/// A client's named protocol-level prepared statements in transaction pooling mode. Each name the
+/// client uses maps to a proxy name unique to this client and this Parse (`tp<session>_<n>`), so
+/// clients sharing an upstream connection never collide, and the Parse is kept so the statement
+/// can be prepared again on whichever connection the client borrows next.
+struct PreparedStatements {
+    struct Statement {
+        var proxyName: String
+        /// The client's Parse with the proxy name, ready to send again.
+        var parse: ByteBuffer
+    }
+
+    private let prefix: String
+    private var counter = 0
+    private(set) var statements: [String: Statement] = [:]
+
+    init(sessionID: Int32) {
+        prefix = "tp\(UInt32(bitPattern: sessionID))_"
+    }
+
+    /// A client Parse of a named statement: registers it and returns the Parse to send (renamed).
+    mutating func register(_ parse: Parse, allocator: ByteBufferAllocator) -> Statement {
+        counter += 1
+        var renamed = parse
+        renamed.name = prefix + String(counter)
+        var buffer = allocator.buffer(capacity: renamed.query.utf8.count + 32)
+        renamed.encode(into: &buffer)
+        let statement = Statement(proxyName: renamed.name, parse: buffer)
+        statements[parse.name] = statement
+        return statement
+    }
+
+    subscript(name: String) -> Statement? { statements[name] }
+
+    mutating func remove(_ name: String) {
+        statements.removeValue(forKey: name)
+    }
+
+    mutating func removeAll() {
+        statements.removeAll()
+    }
+
+    /// Reads the statement name of a Bind, Describe or Close payload without decoding the rest.
+    /// Bind: portal\0 statement\0 ...; Describe/Close: kind byte, name\0.
+    static func statementName(ofBind payload: ByteBuffer) -> (name: String, rest: ByteBuffer, portal: String)? {
+        var cursor = payload
+        guard let portal = cursor.readNullTerminatedString(),
+              let name = cursor.readNullTerminatedString() else { return nil }
+        return (name, cursor, portal)
+    }
+
+    /// A Bind frame with its statement name replaced; the parameter bytes are not copied.
+    static func renamedBind(portal: String, statement: String, rest: ByteBuffer, allocator: ByteBufferAllocator) -> [ByteBuffer] {
+        var header = allocator.buffer(capacity: 16 + portal.utf8.count + statement.utf8.count)
+        let length = 4 + portal.utf8.count + 1 + statement.utf8.count + 1 + rest.readableBytes
+        header.writeInteger(FrontendMessageID.bind.rawValue)
+        header.writeInteger(Int32(length))
+        header.writeNullTerminatedString(portal)
+        header.writeNullTerminatedString(statement)
+        return [header, rest]
+    }
+}

@@ -1,0 +1,78 @@
+import NIOCore
+import PGWire
+
+/// Who receives an upstream connection's bytes: the client session it is lent to, or the pool
+/// while it logs in or sits idle.
+protocol UpstreamConnectionOwner: AnyObject {
+    func upstreamRead(_ data: ByteBuffer)
+    func upstreamReadComplete()
+    func upstreamClosed()
+    func upstreamWritabilityChanged()
+}
+
+/// Which pool an upstream connection belongs to: the role it logged in as and its database.
+struct PoolKey: Hashable, Sendable {
+    var user: String
+    var database: String
+}
+
+/// One upstream PostgreSQL connection and what the proxy knows about its session state, so a
+/// borrower gets exactly the state it expects (tenant context, tracked parameters, prepared
+/// statements) and nothing another borrower left.
+final class UpstreamConnection {
+    let channel: Channel
+    let key: PoolKey
+    var backendKey: BackendKeyData?
+    /// Parameter values as the server last reported them (ParameterStatus).
+    var parameters: [String: String] = [:]
+    /// The tenant context the connection carries ("" = none), as `ContextInjector` keys it.
+    var context = ""
+    /// Settings the proxy (or a borrower, for tracked parameters) placed on the connection,
+    /// lower-case names: diffed against the next borrower's wishes.
+    var applied: [String: String] = [:]
+    /// Protocol-level prepared statements present on this connection (proxy names).
+    var preparedStatements: Set<String> = []
+    var lastReleased: NIODeadline = .now()
+    /// Set when the connection must not be lent again (error mid-protocol, failed context).
+    var broken = false
+    weak var owner: UpstreamConnectionOwner?
+
+    init(channel: Channel, key: PoolKey) {
+        self.channel = channel
+        self.key = key
+    }
+}
+
+/// Forwards an upstream channel's events to whoever owns the connection now.
+final class UpstreamConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    weak var connection: UpstreamConnection?
+    /// Before the connection object exists (login), events go here.
+    weak var loginOwner: UpstreamConnectionOwner?
+
+    private var owner: UpstreamConnectionOwner? { connection?.owner ?? loginOwner }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        owner?.upstreamRead(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        owner?.upstreamReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        owner?.upstreamWritabilityChanged()
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection?.broken = true
+        owner?.upstreamClosed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,297 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PGWire
+
+/// The upstream connections of one EventLoop (transaction pooling). Each loop has its own pool so a
+/// client and the connection lent to it share a thread and no lock is taken per transaction; the
+/// configured size is split between the loops.
+///
+/// Lending prefers an idle connection that already carries the borrower's tenant context
+/// (tenant affinity). Broken connections are closed and replaced, never lent.
+final class UpstreamPool {
+    typealias Completion = (Result<UpstreamConnection, ProxyError>) -> Void
+
+    private struct Waiter {
+        var id: Int
+        var key: PoolKey
+        var context: String
+        var tenant: String?
+        var completion: Completion
+        var timeout: Scheduled<Void>?
+    }
+
+    let eventLoop: EventLoop
+    private let runtime: ProxyRuntime
+    private let sizePerLoop: Int
+    private var idle: [PoolKey: [UpstreamConnection]] = [:]
+    /// Open plus connecting, per key.
+    private var counts: [PoolKey: Int] = [:]
+    private var waiters: [Waiter] = []
+    private var nextWaiterID = 0
+    /// Server parameters of the first connection of each key, for clients that log in while
+    /// no connection is lent to them.
+    private(set) var serverParameters: [PoolKey: [ParameterStatus]] = [:]
+    private var logins: [ObjectIdentifier: PoolLogin] = [:]
+
+    init(eventLoop: EventLoop, runtime: ProxyRuntime, loops: Int) {
+        self.eventLoop = eventLoop
+        self.runtime = runtime
+        self.sizePerLoop = max(1, (runtime.config.pool.size + loops - 1) / loops)
+        let idleTimeout = Int64(runtime.config.pool.idleTimeoutSeconds)
+        eventLoop.scheduleRepeatedTask(initialDelay: .seconds(min(idleTimeout, 10)), delay: .seconds(min(idleTimeout, 10))) {
+            [weak self] _ in
+            self?.closeIdle(olderThan: .seconds(idleTimeout))
+        }
+    }
+
+    var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
+    var openCount: Int { counts.values.reduce(0, +) }
+    var waitingCount: Int { waiters.count }
+
+    // MARK: - Lending
+
+    /// Lends a connection for `key`, preferring one that carries `context`; calls back on this
+    /// loop, at once or when one frees up, or with 53300 after `max_client_wait_seconds`.
+    /// Returns an id that `cancelWait` takes when the client leaves first.
+    @discardableResult
+    func acquire(key: PoolKey, context: String, tenant: String?, completion: @escaping Completion) -> Int {
+        eventLoop.preconditionInEventLoop()
+        nextWaiterID += 1
+        let waiter = Waiter(id: nextWaiterID, key: key, context: context, tenant: tenant, completion: completion)
+        if waiters.isEmpty, serve(waiter) { return waiter.id }
+        enqueue(waiter)
+        return waiter.id
+    }
+
+    func cancelWait(_ id: Int) {
+        guard let index = waiters.firstIndex(where: { $0.id == id }) else { return }
+        waiters[index].timeout?.cancel()
+        waiters.remove(at: index)
+    }
+
+    /// Gives a connection back after a transaction; `tenant` is the borrower's tenant lease.
+    func release(_ connection: UpstreamConnection, tenant: String?) {
+        eventLoop.preconditionInEventLoop()
+        connection.owner = nil
+        connection.lastReleased = .now()
+        if let tenant { runtime.releaseTenantLease(tenant) }
+        if connection.broken || !connection.channel.isActive {
+            discard(connection)
+        } else {
+            idle[connection.key, default: []].append(connection)
+        }
+        serveWaiters()
+    }
+
+    /// Closes a connection that must not be lent again.
+    func discard(_ connection: UpstreamConnection) {
+        connection.broken = true
+        connection.owner = nil
+        counts[connection.key, default: 1] -= 1
+        if let list = idle[connection.key], let index = list.firstIndex(where: { $0 === connection }) {
+            idle[connection.key]!.remove(at: index)
+        }
+        connection.channel.close(promise: nil)
+        serveWaiters()
+    }
+
+    /// Retries waiters (after a release here, or a tenant lease freed on another loop).
+    func serveWaiters() {
+        var index = 0
+        while index < waiters.count {
+            let waiter = waiters[index]
+            if serve(waiter) {
+                waiter.timeout?.cancel()
+                if let position = waiters.firstIndex(where: { $0.id == waiter.id }) {
+                    waiters.remove(at: position)
+                }
+            } else {
+                index += 1
+            }
+        }
+    }
+
+    private func enqueue(_ waiter: Waiter) {
+        var waiting = waiter
+        let seconds = Int64(runtime.config.pool.maxClientWaitSeconds)
+        waiting.timeout = eventLoop.scheduleTask(in: .seconds(seconds)) { [weak self] in
+            guard let self, let index = self.waiters.firstIndex(where: { $0.id == waiter.id }) else { return }
+            let expired = self.waiters.remove(at: index)
+            expired.completion(.failure(.poolTimeout(seconds: Int(seconds))))
+        }
+        waiters.append(waiting)
+    }
+
+    /// Lends to `waiter` now if a connection and the tenant's lease allow; false to keep waiting.
+    private func serve(_ waiter: Waiter) -> Bool {
+        let available = idle[waiter.key]?.isEmpty == false
+        let canOpen = counts[waiter.key, default: 0] < sizePerLoop
+        guard available || canOpen else { return false }
+        if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) { return false }
+        if available, let connection = takeIdle(key: waiter.key, context: waiter.context) {
+            waiter.completion(.success(connection))
+            return true
+        }
+        guard canOpen else {
+            if let tenant = waiter.tenant { runtime.releaseTenantLease(tenant) }
+            return false
+        }
+        open(key: waiter.key) { result in
+            if case .failure = result, let tenant = waiter.tenant { self.runtime.releaseTenantLease(tenant) }
+            waiter.completion(result)
+        }
+        return true
+    }
+
+    private func takeIdle(key: PoolKey, context: String) -> UpstreamConnection? {
+        while var list = idle[key], !list.isEmpty {
+            // Tenant affinity: the most recently used connection with this context, else the most
+            // recently used of all (its caches are warm).
+            let index = list.lastIndex(where: { $0.context == context }) ?? list.count - 1
+            let connection = list.remove(at: index)
+            idle[key] = list
+            if connection.broken || !connection.channel.isActive {
+                counts[key, default: 1] -= 1
+                connection.channel.close(promise: nil)
+                continue
+            }
+            return connection
+        }
+        return nil
+    }
+
+    private func closeIdle(olderThan age: TimeAmount) {
+        let cutoff = NIODeadline.now() - age
+        for (key, list) in idle {
+            let (old, fresh) = (list.filter { $0.lastReleased < cutoff }, list.filter { $0.lastReleased >= cutoff })
+            idle[key] = fresh
+            for connection in old {
+                counts[key, default: 1] -= 1
+                var terminate = connection.channel.allocator.buffer(capacity: 5)
+                FrontendMessage.terminate.encode(into: &terminate)
+                connection.channel.writeAndFlush(terminate).whenComplete { _ in connection.channel.close(promise: nil) }
+            }
+        }
+    }
+
+    // MARK: - Opening connections
+
+    /// Logs a new connection in for `key`; counts it from now on.
+    private func open(key: PoolKey, completion: @escaping Completion) {
+        counts[key, default: 0] += 1
+        let config = runtime.config.upstream
+        let password = key.user == config.user ? config.password : config.globalPassword
+        let login = PoolLogin(key: key, machine: UpstreamStartupMachine(user: key.user, password: password))
+        let loginID = ObjectIdentifier(login)
+        logins[loginID] = login
+        login.completion = { [self] result in
+            logins[loginID] = nil
+            switch result {
+            case .success(let connection):
+                if serverParameters[key] == nil {
+                    serverParameters[key] = login.parameters
+                }
+                completion(.success(connection))
+            case .failure(let error):
+                counts[key, default: 1] -= 1
+                completion(.failure(error))
+            }
+        }
+        let handler = UpstreamConnectionHandler()
+        handler.loginOwner = login
+        ClientBootstrap(group: eventLoop)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
+            .channelInitializer { channel in channel.pipeline.addHandler(handler) }
+            .connect(host: config.host, port: config.port)
+            .whenComplete { [runtime] result in
+                switch result {
+                case .success(let channel):
+                    login.start(channel: channel, handler: handler)
+                case .failure(let error):
+                    runtime.logger.warning("upstream connect failed", metadata: ["error": "\(error)"])
+                    login.finish(.failure(.upstreamUnavailable))
+                }
+            }
+    }
+}
+
+/// Logs one pooled connection in: the proxy's own role and database, no client parameters (those
+/// are restored per borrower).
+private final class PoolLogin: UpstreamConnectionOwner {
+    let key: PoolKey
+    var machine: UpstreamStartupMachine
+    var completion: UpstreamPool.Completion?
+    var parameters: [ParameterStatus] = []
+    private var channel: Channel?
+    private var handler: UpstreamConnectionHandler?
+    private var decoder = PGBackendDecoder()
+    private var pending: ByteBuffer?
+
+    init(key: PoolKey, machine: UpstreamStartupMachine) {
+        self.key = key
+        self.machine = machine
+    }
+
+    func start(channel: Channel, handler: UpstreamConnectionHandler) {
+        self.channel = channel
+        self.handler = handler
+        var buffer = channel.allocator.buffer(capacity: 128)
+        StartupMessage(parameters: ["user": key.user, "database": key.database]).encode(into: &buffer)
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    func finish(_ result: Result<UpstreamConnection, ProxyError>) {
+        guard let completion else { return }
+        self.completion = nil
+        if case .failure = result { channel?.close(promise: nil) }
+        completion(result)
+    }
+
+    func upstreamRead(_ data: ByteBuffer) {
+        guard completion != nil, let channel else { return }
+        var buffer: ByteBuffer
+        if var existing = pending {
+            var incoming = data
+            existing.writeBuffer(&incoming)
+            buffer = existing
+            pending = nil
+        } else {
+            buffer = data
+        }
+        do {
+            while completion != nil, let frame = try decoder.next(from: &buffer) {
+                switch machine.receive(try BackendMessage.decode(frame)) {
+                case .wait:
+                    continue
+                case .send(let reply):
+                    var out = channel.allocator.buffer(capacity: 128)
+                    reply.encode(into: &out)
+                    channel.writeAndFlush(out, promise: nil)
+                case .fail(let error, _):
+                    finish(.failure(error))
+                case .ready(let parameters, let key):
+                    self.parameters = parameters
+                    let connection = UpstreamConnection(channel: channel, key: self.key)
+                    connection.backendKey = key
+                    for parameter in parameters { connection.parameters[parameter.name] = parameter.value }
+                    handler?.connection = connection
+                    handler?.loginOwner = nil
+                    finish(.success(connection))
+                }
+            }
+        } catch {
+            finish(.failure(.upstreamProtocol("unreadable message")))
+        }
+        if buffer.readableBytes > 0 { pending = buffer }
+    }
+
+    func upstreamReadComplete() {}
+
+    func upstreamClosed() {
+        finish(.failure(.upstreamUnavailable))
+    }
+
+    func upstreamWritabilityChanged() {}
+}
