@@ -518,8 +518,10 @@ def proxy_config(pg: PostgresServer, *, upstream_user: str = "proxy_scram",
         "server": {"listen_host": "127.0.0.1", "listen_port": free_port(),
                    "max_message_bytes": max_message_bytes, "max_client_connections": 10000,
                    "shutdown_timeout_seconds": shutdown_timeout},
-        "auth": {"trust_loopback": trust_loopback},
+        "auth": {"trust_loopback": trust_loopback, "lockout_failures": 0},
         "tenancy": {"map_file": "users.toml"},
+        # The protocol tests run over plain TCP; TLS has its own tests (test_tls_auth.py).
+        "tls": {"require": False},
         "upstream": upstream,
         "log": {"level": log_level},
     }

@@ -414,6 +414,10 @@ event_loop_threads = 0
 
 [auth]
 trust_loopback = false
+lockout_failures = 0
+
+[tls]
+require = false
 
 [tenancy]
 map_file = "tenants.toml"

@@ -1,16 +1,21 @@
 /// Client side (the proxy authenticating to the upstream Postgres).
 ///
-/// Usage: send `clientFirstMessage()` in SASLInitialResponse (mechanism "SCRAM-SHA-256");
+/// Usage: send `clientFirstMessage()` in SASLInitialResponse with mechanism `mechanism`;
 /// feed AuthenticationSASLContinue data to `receiveServerFirst(_:)` and send the result in
 /// SASLResponse; feed AuthenticationSASLFinal data to `receiveServerFinal(_:)`, which throws
-/// unless the server proved it knows the password. No channel binding ("n,,").
+/// unless the server proved it knows the password.
+///
+/// Without channel binding the gs2 header is "n,," and the mechanism "SCRAM-SHA-256". With a
+/// channel binding (the upstream connection is TLS and the server offered SCRAM-SHA-256-PLUS)
+/// it is "p=<type>,," and "SCRAM-SHA-256-PLUS", and "c=" carries the binding data, so the
+/// exchange only succeeds if the server computed the same data (no man in the middle).
 public struct SCRAMClientExchange: Sendable {
     /// The largest iteration count accepted from a server. PostgreSQL's default is 4096;
     /// a larger count only costs CPU, so a hostile or misconfigured server cannot stall us.
     static let maximumIterations = 1_000_000
 
-    private static let gs2Header = "n,,"
-
+    private let gs2Header: String
+    private let channelBinding: SCRAMChannelBinding?
     private let password: [UInt8]
     private let clientNonce: String
     private let clientFirstBare: String
@@ -22,12 +27,25 @@ public struct SCRAMClientExchange: Sendable {
     ///   - password: the clear-text password, prepared as PostgreSQL does (ASCII as is, otherwise raw UTF-8).
     ///   - clientNonce: the client nonce; 18 random bytes, base64-encoded, when nil.
     public init(password: String, clientNonce: String? = nil) {
-        self.init(username: "", password: password, clientNonce: clientNonce)
+        self.init(username: "", password: password, clientNonce: clientNonce, channelBinding: nil)
     }
 
-    /// As `init(password:clientNonce:)`, with a username for the "n=" attribute
+    /// Creates an exchange for `password` that binds to the TLS channel with `channelBinding`
+    /// (SCRAM-SHA-256-PLUS), or uses none when it is nil (SCRAM-SHA-256, "n,,").
+    /// - Parameters:
+    ///   - password: the clear-text password, prepared as PostgreSQL does.
+    ///   - clientNonce: the client nonce; 18 random bytes, base64-encoded, when nil.
+    ///   - channelBinding: the upstream connection's binding; for "tls-server-end-point" the hash
+    ///     of the certificate the server presented. Only pass it if the server offered -PLUS.
+    public init(password: String, clientNonce: String? = nil, channelBinding: SCRAMChannelBinding?) {
+        self.init(username: "", password: password, clientNonce: clientNonce, channelBinding: channelBinding)
+    }
+
+    /// As `init(password:clientNonce:channelBinding:)`, with a username for the "n=" attribute
     /// (PostgreSQL ignores it; used by tests to reproduce RFC vectors).
-    init(username: String, password: String, clientNonce: String?) {
+    init(username: String, password: String, clientNonce: String?, channelBinding: SCRAMChannelBinding? = nil) {
+        self.channelBinding = channelBinding
+        self.gs2Header = channelBinding.map { "p=\($0.type),," } ?? "n,,"
         self.password = SCRAMPrimitives.normalize(password: password)
         self.clientNonce = clientNonce ?? SCRAMPrimitives.randomNonce()
         // saslname: "," and "=" are escaped as "=2C" and "=3D".
@@ -42,9 +60,16 @@ public struct SCRAMClientExchange: Sendable {
         self.clientFirstBare = "n=\(saslName),r=\(self.clientNonce)"
     }
 
-    /// "n,,n=,r=<nonce>" (PostgreSQL ignores the username; an empty n= is sent, like libpq).
+    /// The SASL mechanism to name in SASLInitialResponse: "SCRAM-SHA-256-PLUS" with channel
+    /// binding, "SCRAM-SHA-256" without.
+    public var mechanism: String {
+        channelBinding != nil ? SCRAMMechanism.scramSHA256Plus : SCRAMMechanism.scramSHA256
+    }
+
+    /// "n,,n=,r=<nonce>", or "p=<type>,,n=,r=<nonce>" with channel binding (PostgreSQL ignores the
+    /// username; an empty n= is sent, like libpq).
     public mutating func clientFirstMessage() -> [UInt8] {
-        Array((Self.gs2Header + clientFirstBare).utf8)
+        Array((gs2Header + clientFirstBare).utf8)
     }
 
     /// Takes the server-first-message and returns the client-final-message.
@@ -94,7 +119,9 @@ public struct SCRAMClientExchange: Sendable {
             throw SCRAMError(.malformedMessage, "iteration count \(iterations) in \(what) is out of range 1...\(Self.maximumIterations)")
         }
 
-        let clientFinalWithoutProof = "c=\(SCRAMBase64.encode(Array(Self.gs2Header.utf8))),r=\(nonce)"
+        // c= base64(gs2 header + channel binding data): "biws" for "n,,".
+        let cbindInput = Array(gs2Header.utf8) + (channelBinding?.data ?? [])
+        let clientFinalWithoutProof = "c=\(SCRAMBase64.encode(cbindInput)),r=\(nonce)"
         let authMessage = Array("\(clientFirstBare),\(text),\(clientFinalWithoutProof)".utf8)
 
         let salted = SCRAMPrimitives.saltedPassword(password, salt: salt, iterations: iterations)

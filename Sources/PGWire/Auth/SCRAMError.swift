@@ -9,6 +9,9 @@ public struct SCRAMError: Error, Equatable, CustomStringConvertible, Sendable {
         case malformedMessage
         /// The peer asked for a channel binding type this side does not support (gs2 "p=...").
         case unsupportedChannelBinding
+        /// The client's channel binding data ("c=" of a SCRAM-SHA-256-PLUS exchange) does not match
+        /// this connection's: the client is not talking to us directly (a man in the middle).
+        case channelBindingMismatch
         /// The nonce in a later message does not match (or extend) the negotiated nonce.
         case nonceMismatch
         /// The client's proof did not verify: wrong password, or a mock exchange for an unknown user.

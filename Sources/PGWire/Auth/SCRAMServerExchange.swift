@@ -13,6 +13,8 @@ public struct SCRAMServerExchange: Sendable {
 
     private let verifier: SCRAMVerifier
     private let serverNonce: String
+    /// Set when the server offered SCRAM-SHA-256-PLUS (the connection is TLS).
+    private let channelBinding: SCRAMChannelBinding?
     /// True for a mock exchange: the proof can never verify.
     private let doomed: Bool
     private var state: State = .initial
@@ -31,10 +33,17 @@ public struct SCRAMServerExchange: Sendable {
     ///   - verifier: the user's stored verifier.
     ///   - serverNonce: the server's nonce part; 18 random bytes, base64-encoded, when nil.
     public init(verifier: SCRAMVerifier, serverNonce: String? = nil) {
-        self.init(verifier: verifier, serverNonce: serverNonce, doomed: false)
+        self.init(verifier: verifier, serverNonce: serverNonce, doomed: false, channelBinding: nil)
     }
 
-    private init(verifier: SCRAMVerifier, serverNonce: String?, doomed: Bool) {
+    /// Creates an exchange for a known user on a connection whose channel binding is
+    /// `channelBinding` (nil: plain TCP, SCRAM-SHA-256-PLUS not offered).
+    public init(verifier: SCRAMVerifier, channelBinding: SCRAMChannelBinding?, serverNonce: String? = nil) {
+        self.init(verifier: verifier, serverNonce: serverNonce, doomed: false, channelBinding: channelBinding)
+    }
+
+    private init(verifier: SCRAMVerifier, serverNonce: String?, doomed: Bool, channelBinding: SCRAMChannelBinding?) {
+        self.channelBinding = channelBinding
         self.verifier = verifier
         self.serverNonce = serverNonce ?? SCRAMPrimitives.randomNonce()
         self.doomed = doomed
@@ -47,6 +56,13 @@ public struct SCRAMServerExchange: Sendable {
     /// unknown user see the same salt, and a prober cannot tell that the user does not exist.
     /// The iteration count is PostgreSQL's default. `receiveClientFinal(_:)` always throws `.invalidProof`.
     public static func mock(username: String, secret: [UInt8]) -> SCRAMServerExchange {
+        mock(username: username, secret: secret, channelBinding: nil)
+    }
+
+    /// `mock(username:secret:)` on a connection with `channelBinding` (nil: plain TCP), so the
+    /// mechanism and gs2 checks are those of a real exchange; the proof still never verifies
+    /// (a wrong "c=" fails with `.channelBindingMismatch` first, as it would for a known user).
+    public static func mock(username: String, secret: [UInt8], channelBinding: SCRAMChannelBinding?) -> SCRAMServerExchange {
         let material = Array(username.utf8)
         let salt = Array(SCRAMPrimitives.hmac(key: secret, Array("salt:".utf8) + material)
             .prefix(SCRAMPrimitives.defaultSaltLength))
@@ -55,20 +71,47 @@ public struct SCRAMServerExchange: Sendable {
             salt: salt,
             storedKey: SCRAMPrimitives.hmac(key: secret, Array("stored:".utf8) + material),
             serverKey: SCRAMPrimitives.hmac(key: secret, Array("server:".utf8) + material))
-        return SCRAMServerExchange(verifier: verifier, serverNonce: nil, doomed: true)
+        return SCRAMServerExchange(verifier: verifier, serverNonce: nil, doomed: true, channelBinding: channelBinding)
     }
 
-    /// Takes the SASLInitialResponse data (client-first-message), returns server-first-message bytes. Channel binding: accept gs2 "n,," and "y,,"; reject "p=..." with .unsupportedChannelBinding for now (a later TLS issue adds -PLUS; keep the cbind input available so it can be checked).
+    /// Takes the SASLInitialResponse data (client-first-message) of mechanism SCRAM-SHA-256,
+    /// returns server-first-message bytes. Same as `receiveClientFirst(_:mechanism:)` with
+    /// "SCRAM-SHA-256": gs2 "n,," is accepted, "y,," only when this exchange has no channel
+    /// binding, "p=..." never.
     ///
     /// An authorization identity ("a=...") and mandatory extensions ("m=...") are rejected as
     /// PostgreSQL does; the username ("n=") is ignored, since PostgreSQL takes the user from the
     /// startup message.
     public mutating func receiveClientFirst(_ message: [UInt8]) throws -> [UInt8] {
+        try receiveClientFirst(message, mechanism: "SCRAM-SHA-256")
+    }
+
+    /// Takes the client-first-message of the SASLInitialResponse for `mechanism` (the mechanism
+    /// the client selected there), returns server-first-message bytes.
+    ///
+    /// As PostgreSQL (auth-scram.c): "SCRAM-SHA-256-PLUS" is valid only when this exchange has
+    /// channel binding and must come with gs2 "p=<type>" of that binding's type (another type:
+    /// `.unsupportedChannelBinding`); "SCRAM-SHA-256" must come with "n" or "y". Without channel
+    /// binding, "p=..." is `.unsupportedChannelBinding`. With it, "y" (the client supports binding
+    /// but thinks the server does not, i.e. -PLUS was stripped from the offer) is refused as a
+    /// downgrade with `.channelBindingMismatch`, while "n" (no client support) is allowed.
+    /// Any other mechanism is `.malformedMessage`.
+    public mutating func receiveClientFirst(_ message: [UInt8], mechanism: String) throws -> [UInt8] {
         guard case .initial = state else {
             state = .failed
             throw SCRAMError(.malformedMessage, "unexpected client-first-message")
         }
         state = .failed  // until it succeeds
+        switch mechanism {
+        case SCRAMMechanism.scramSHA256:
+            break
+        case SCRAMMechanism.scramSHA256Plus:
+            guard channelBinding != nil else {
+                throw SCRAMError(.unsupportedChannelBinding, "SCRAM-SHA-256-PLUS is not offered on this connection")
+            }
+        default:
+            throw SCRAMError(.malformedMessage, "unsupported SASL mechanism")
+        }
         let what = "client-first-message"
         let text = try SCRAMMessage.text(message, what: what)
 
@@ -109,10 +152,7 @@ public struct SCRAMServerExchange: Sendable {
         rest = rest.dropFirst()
         let header = String(text[text.startIndex..<rest.startIndex])
         gs2Header = header
-        if flag == "p" {
-            // A later TLS change adds SCRAM-SHA-256-PLUS; the header above is kept for that check.
-            throw SCRAMError(.unsupportedChannelBinding, "channel binding is not supported")
-        }
+        try checkChannelBindingNegotiation(flag: flag, mechanism: mechanism)
 
         // client-first-message-bare = [reserved-mext ","] username "," nonce ["," extensions]
         let clientFirstBare = String(rest)
@@ -138,7 +178,44 @@ public struct SCRAMServerExchange: Sendable {
         return Array(serverFirst.utf8)
     }
 
-    /// Takes client-final-message, verifies nonce, channel binding echo (c=biws or c=eSws for "y,,") and proof with constant-time comparison; returns server-final-message bytes ("v=...").
+    /// PostgreSQL's rules (auth-scram.c, read_client_first_message) for the gs2 channel-binding
+    /// flag against the mechanism the client chose and what this connection offers.
+    private func checkChannelBindingNegotiation(flag: Character, mechanism: String) throws {
+        let plus = mechanism == SCRAMMechanism.scramSHA256Plus
+        switch flag {
+        case "n":
+            // The client does not support channel binding (or chose not to use it): allowed.
+            guard !plus else {
+                throw SCRAMError(.malformedMessage, "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data")
+            }
+        case "y":
+            guard !plus else {
+                throw SCRAMError(.malformedMessage, "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data")
+            }
+            // The client supports channel binding and thinks the server does not: since this
+            // server offered -PLUS, someone removed it from the mechanism list (a downgrade).
+            guard channelBinding == nil else {
+                throw SCRAMError(.channelBindingMismatch, "SCRAM channel binding negotiation error: the client supports channel binding but thinks the server does not")
+            }
+        default:  // "p"
+            guard let binding = channelBinding else {
+                throw SCRAMError(.unsupportedChannelBinding, "channel binding is not supported on this connection")
+            }
+            guard plus else {
+                throw SCRAMError(.malformedMessage, "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data")
+            }
+            guard channelBindingType == binding.type else {
+                throw SCRAMError(.unsupportedChannelBinding, "unsupported SCRAM channel-binding type")
+            }
+        }
+    }
+
+    /// Takes client-final-message, verifies nonce, channel binding (c= is base64 of the gs2 header,
+    /// "biws" / "eSws", followed by the connection's binding data with "p=") and proof with
+    /// constant-time comparison; returns server-final-message bytes ("v=...").
+    ///
+    /// - Throws: `.channelBindingMismatch` when -PLUS binding data differs from this connection's,
+    ///   `.invalidProof` on a wrong password or a mock exchange.
     public mutating func receiveClientFinal(_ message: [UInt8]) throws -> [UInt8] {
         guard case let .sentServerFirst(clientFirstBare, serverFirst, combinedNonce) = state else {
             state = .failed
@@ -160,13 +237,20 @@ public struct SCRAMServerExchange: Sendable {
             throw SCRAMError(.malformedMessage, "malformed attribute in \(what)")
         }
 
-        // The channel binding echo must be base64 of the gs2 header we received
-        // ("n,," -> "biws", "y,," -> "eSws"); no channel binding data without -PLUS.
-        guard let cbindInput = SCRAMBase64.decode(channelBinding) else {
+        // The channel binding attribute is base64(gs2 header + channel binding data): with
+        // "p=<type>" the connection's binding data follows the header; with "n,," / "y,," nothing
+        // does ("biws" / "eSws"), and the flag must be the one the client sent first.
+        guard let cbindInput = SCRAMBase64.decode(channelBinding), let header = gs2Header else {
             throw SCRAMError(.malformedMessage, "channel binding attribute is not valid base64")
         }
-        guard let header = gs2Header, cbindInput == Array(header.utf8) else {
-            throw SCRAMError(.malformedMessage, "unexpected SCRAM channel-binding attribute in \(what)")
+        if channelBindingFlag == "p", let binding = self.channelBinding {
+            guard constantTimeEquals(cbindInput, Array(header.utf8) + binding.data) else {
+                throw SCRAMError(.channelBindingMismatch, "SCRAM channel binding check failed")
+            }
+        } else {
+            guard cbindInput == Array(header.utf8) else {
+                throw SCRAMError(.malformedMessage, "unexpected SCRAM channel-binding attribute in \(what)")
+            }
         }
 
         guard constantTimeEquals(Array(nonce.utf8), Array(combinedNonce.utf8)) else {

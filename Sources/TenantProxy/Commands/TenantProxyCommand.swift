@@ -30,6 +30,12 @@ struct RunCommand: ParsableCommand {
         }
         let logger = ProxyLogging.makeLogger(level: proxyConfig.log.level)
         let server = ProxyServer(runtime: ProxyRuntime(config: proxyConfig, map: map, logger: logger))
+        do {
+            try server.runtime.prepareSecurity()
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(2)
+        }
         try server.start()
         let signals = server.installSignalHandlers()
         server.waitUntilStopped()

@@ -14,7 +14,25 @@ struct ProxyConfig: Sendable {
 
     struct Auth: Sendable {
         var trustLoopback = false
+        var failureDelayMilliseconds = 250
+        var lockoutFailures = 20
+        var lockoutWindowSeconds = 60
+        var lockoutSeconds = 300
+        var rules: [AuthRule] = []
     }
+
+    struct TLS: Sendable {
+        var certFile = ""
+        var keyFile = ""
+        var clientCAFile = ""
+        var require = true
+        var minVersion = "1.2"
+        var sniDomain = ""
+
+        var enabled: Bool { !certFile.isEmpty && !keyFile.isEmpty }
+    }
+
+    enum UpstreamTLSMode: String, Sendable { case disable, prefer, require, verifyFull = "verify-full" }
 
     struct Tenancy: Sendable {
         /// Absolute path of the tenant map (resolved against the config file's folder).
@@ -37,6 +55,9 @@ struct ProxyConfig: Sendable {
         /// Empty: the client's own database name.
         var database = ""
         var connectTimeoutSeconds = 5
+        var tls: UpstreamTLSMode = .prefer
+        var tlsCAFile = ""
+        var tlsServerName = ""
     }
 
     struct Pool: Sendable {
@@ -60,6 +81,8 @@ struct ProxyConfig: Sendable {
     var auth = Auth()
     var tenancy = Tenancy()
     var pool = Pool()
+    var tls = TLS()
+    var jwt: JWTSettings?
     var upstream = Upstream()
     var log = Log()
 
@@ -108,6 +131,33 @@ struct ProxyConfig: Sendable {
             "server", "event_loop_threads", default: config.server.eventLoopThreads, range: 0...256)
 
         config.auth.trustLoopback = reader.bool("auth", "trust_loopback", default: false)
+        config.auth.failureDelayMilliseconds = reader.int("auth", "failure_delay_ms", default: 250, range: 0...60_000)
+        config.auth.lockoutFailures = reader.int("auth", "lockout_failures", default: 20, range: 0...1_000_000)
+        config.auth.lockoutWindowSeconds = reader.int("auth", "lockout_window_seconds", default: 60, range: 1...86_400)
+        config.auth.lockoutSeconds = reader.int("auth", "lockout_seconds", default: 300, range: 1...86_400)
+        config.auth.rules = AuthRule.read(reader: &reader)
+
+        config.tls.certFile = reader.optionalString("tls", "cert_file").map { resolve($0, against: baseDirectory) } ?? ""
+        config.tls.keyFile = reader.optionalString("tls", "key_file").map { resolve($0, against: baseDirectory) } ?? ""
+        config.tls.clientCAFile = reader.optionalString("tls", "client_ca_file").map { $0.isEmpty ? "" : resolve($0, against: baseDirectory) } ?? ""
+        config.tls.require = reader.bool("tls", "require", default: true)
+        config.tls.minVersion = reader.string("tls", "min_version", default: "1.2")
+        config.tls.sniDomain = reader.string("tls", "sni_domain", default: "").lowercased()
+        if !["1.2", "1.3"].contains(config.tls.minVersion) {
+            reader.problem("tls.min_version", "must be \"1.2\" or \"1.3\"", fix: "min_version = \"1.2\"")
+        }
+        if config.tls.certFile.isEmpty != config.tls.keyFile.isEmpty {
+            reader.problem("tls.cert_file", "cert_file and key_file go together", fix: "set both, or neither")
+        }
+        for (key, path) in [("cert_file", config.tls.certFile), ("key_file", config.tls.keyFile), ("client_ca_file", config.tls.clientCAFile)]
+        where !path.isEmpty && !FileManager.default.isReadableFile(atPath: path) {
+            reader.problem("tls.\(key)", "file \(path) cannot be read", fix: "check the path and its permissions")
+        }
+        if config.tls.require && !config.tls.enabled {
+            reader.problem("tls.require", "TLS is required (the default) but no certificate is configured",
+                           fix: "set tls.cert_file and tls.key_file, or require = false to accept plain connections")
+        }
+        config.jwt = JWTConfigReader.read(reader: &reader, baseDirectory: baseDirectory, environment: environment)
 
         let mapFile = reader.string("tenancy", "map_file", default: "tenants.toml")
         config.tenancy.mapFile = resolve(mapFile, against: baseDirectory)
@@ -140,6 +190,18 @@ struct ProxyConfig: Sendable {
             "upstream", "connect_timeout_seconds", default: config.upstream.connectTimeoutSeconds, range: 1...600)
         config.upstream.password = SecretSource.read(
             section: "upstream", key: "password", reader: &reader, baseDirectory: baseDirectory, environment: environment)
+        let upstreamTLS = reader.string("upstream", "tls", default: "prefer")
+        if let mode = UpstreamTLSMode(rawValue: upstreamTLS) {
+            config.upstream.tls = mode
+        } else {
+            reader.problem("upstream.tls", "must be disable, prefer, require or verify-full", fix: "tls = \"verify-full\"")
+        }
+        config.upstream.tlsCAFile = reader.optionalString("upstream", "tls_ca_file").map { $0.isEmpty ? "" : resolve($0, against: baseDirectory) } ?? ""
+        config.upstream.tlsServerName = reader.string("upstream", "tls_server_name", default: "")
+        if config.upstream.tls == .verifyFull, config.upstream.tlsCAFile.isEmpty {
+            reader.problem("upstream.tls_ca_file", "verify-full needs the CA that signed the server's certificate",
+                           fix: "set tls_ca_file = \"/path/to/ca.crt\"")
+        }
         config.upstream.globalUser = reader.optionalString("upstream", "global_user")
         config.upstream.globalPassword = SecretSource.read(
             section: "upstream", key: "global_password", reader: &reader, baseDirectory: baseDirectory, environment: environment)

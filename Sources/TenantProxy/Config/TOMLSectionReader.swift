@@ -68,6 +68,22 @@ struct TOMLSectionReader {
         return flag
     }
 
+    /// Whether the document has this section (and marks it known).
+    mutating func hasSection(_ section: String) -> Bool {
+        known[section, default: []] = known[section, default: []]
+        return root[section]?.table != nil
+    }
+
+    /// An array of tables (`[[section.key]]`), for readers that parse the elements themselves.
+    mutating func rawArray(_ section: String, _ key: String) -> TOMLArray? {
+        guard let raw = value(section, key) else { return nil }
+        guard let array = raw.array else {
+            problem(Self.dotted(section, key), "must be an array of tables", fix: "write [[\(section).\(key)]] blocks")
+            return nil
+        }
+        return array
+    }
+
     mutating func stringArray(_ section: String, _ key: String, default defaultValue: [String]) -> [String] {
         guard let raw = value(section, key) else { return defaultValue }
         guard let array = raw.array else {

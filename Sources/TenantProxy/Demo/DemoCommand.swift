@@ -110,12 +110,26 @@ struct DemoCommand: ParsableCommand {
 
             """
         try map.write(toFile: root + "/tenants.toml", atomically: true, encoding: .utf8)
+        if !FileManager.default.fileExists(atPath: root + "/server.crt") {
+            // A self-signed certificate: TLS is the default even for the demo.
+            try LocalPostgres.run("/usr/bin/openssl", [
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", root + "/server.key", "-out", root + "/server.crt", "-days", "365",
+                "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ], asPostgres: false)
+            chmod(root + "/server.key", 0o600)
+        }
         let config = """
             # Written by `tenant-proxy demo`; see proxy.conf.example for every key.
             [server]
             listen_host = "127.0.0.1"
             listen_port = \(port)
             shutdown_timeout_seconds = 5
+
+            [tls]
+            cert_file = "server.crt"
+            key_file = "server.key"
+            require = true
 
             [tenancy]
             map_file = "tenants.toml"
@@ -147,6 +161,12 @@ struct DemoCommand: ParsableCommand {
         let map = try TenantMap.load(path: config.tenancy.mapFile)
         let logger = ProxyLogging.makeLogger(level: config.log.level)
         let server = ProxyServer(runtime: ProxyRuntime(config: config, map: map, logger: logger))
+        do {
+            try server.runtime.prepareSecurity()
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(2)
+        }
         try server.start()
         let signals = server.installSignalHandlers()
         print("")

@@ -200,11 +200,7 @@ final class UpstreamPool {
         }
         let handler = UpstreamConnectionHandler()
         handler.loginOwner = login
-        ClientBootstrap(group: eventLoop)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
-            .channelInitializer { channel in channel.pipeline.addHandler(handler) }
-            .connect(host: config.host, port: config.port)
+        UpstreamConnector.connect(on: eventLoop, config: config, tls: runtime.tls.upstream, handler: handler)
             .whenComplete { [runtime] result in
                 switch result {
                 case .success(let channel):

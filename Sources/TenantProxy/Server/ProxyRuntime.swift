@@ -13,7 +13,12 @@ final class ProxyRuntime: @unchecked Sendable {
     /// Per-process secret for the fake SCRAM exchange of unknown users.
     let mockSecret: [UInt8]
 
+    let throttle: LoginThrottle
+    /// Set once at start, before the listener accepts anyone.
+    private(set) var jwtVerifier: JWTVerifier?
+
     private let lock = NIOLock()
+    private var _tls = TLSContexts()
     private var _map: TenantMap
     private var _mapGeneration = 0
     private var _mapModified: Date?
@@ -30,6 +35,8 @@ final class ProxyRuntime: @unchecked Sendable {
         self._map = map
         self.logger = logger
         self.registry = SessionRegistry(maxSessions: config.server.maxClientConnections)
+        self.throttle = LoginThrottle(limit: config.auth.lockoutFailures, windowSeconds: config.auth.lockoutWindowSeconds,
+                                      lockoutSeconds: config.auth.lockoutSeconds)
         self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)
         self._mapModified = Self.modificationDate(config.tenancy.mapFile)
         var generator = SystemRandomNumberGenerator()
@@ -37,6 +44,28 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     var map: TenantMap { lock.withLock { _map } }
+
+    var tls: TLSContexts { lock.withLock { _tls } }
+
+    /// Loads certificates and keys (TLS both ways) and the JWT keys; throws with what is wrong.
+    func prepareSecurity() throws {
+        let contexts = try TLSContexts.make(config)
+        lock.withLock { _tls = contexts }
+        if let settings = config.jwt {
+            jwtVerifier = try JWTVerifier(settings: settings, httpFetcher: nil, logger: logger)
+        }
+    }
+
+    /// Reloads the certificate and key (SIGHUP); on error the previous ones stay.
+    func reloadTLS() {
+        do {
+            let contexts = try TLSContexts.make(config)
+            lock.withLock { _tls = contexts }
+            if config.tls.enabled { logger.info("TLS certificate reloaded") }
+        } catch {
+            logger.error("TLS reload failed; the previous certificate stays in force", metadata: ["error": "\(error)"])
+        }
+    }
 
     /// Changes whenever a reload swaps the map; sessions compare it to re-check their tenant cheaply.
     var mapGeneration: Int { lock.withLock { _mapGeneration } }

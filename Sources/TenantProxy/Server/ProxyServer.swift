@@ -80,7 +80,7 @@ final class ProxyServer: @unchecked Sendable {
         }
         var sources: [DispatchSourceSignal] = []
         let actions: [(Int32, () -> Void)] = [
-            (SIGTERM, { [self] in shutdown() }), (SIGINT, { [self] in shutdown() }), (SIGHUP, { runtime.reloadTenantMap() }),
+            (SIGTERM, { [self] in shutdown() }), (SIGINT, { [self] in shutdown() }), (SIGHUP, { runtime.reloadTenantMap(); runtime.reloadTLS() }),
         ]
         for (signalNumber, action) in actions {
             signal(signalNumber, SIG_IGN)

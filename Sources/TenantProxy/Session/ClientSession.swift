@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PGWire
 
 /// One client connection and the upstream connection serving it. In session pooling the client
@@ -42,6 +43,8 @@ final class ClientSession: UpstreamConnectionOwner {
             case reapply
             /// A transaction-mode log-in borrowed a connection to learn the server's parameters.
             case none
+            /// Is the token's user a member of the tenant (users.tenant_users)?
+            case membership(userID: String)
         }
 
         var purpose: Purpose
@@ -99,6 +102,19 @@ final class ClientSession: UpstreamConnectionOwner {
     private var desiredSettings: [String: String] = [:]
     private var startupParameters: [ParameterStatus] = []
 
+    /// Set by the channel handler: puts TLS in front of this connection (false if it cannot).
+    var startTLS: (() -> Bool)?
+    /// TLS server name (SNI) the client asked for, lower-case.
+    var serverName: String?
+    private var tlsActive = false
+    private var directTLS = false
+    private var certificateNames: [String]?
+    /// A refusal is waiting out the failed-login delay: ignore the client meanwhile.
+    private var refusing = false
+    private var pendingMembership: String?
+    private var tokenExpired = false
+    private var tokenTimer: Scheduled<Void>?
+
     /// Status of the last ReadyForQuery relayed: shutdown closes idle sessions at a boundary.
     private var transactionStatus: TransactionStatus = .idle
     /// The client said goodbye: the upstream closing next is expected, not an error.
@@ -114,8 +130,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let maxMessage = runtime.config.server.maxMessageBytes
         self.frontendDecoder = PGFrontendDecoder(maxMessageLength: maxMessage)
         self.backendDecoder = PGBackendDecoder(maxMessageLength: maxMessage)
-        let trust = runtime.config.auth.trustLoopback && Self.isLoopback(client.remoteAddress)
-        self.startupMachine = ClientStartupMachine(trust: trust, mockSecret: runtime.mockSecret)
+        self.startupMachine = ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret)
         if let address = client.remoteAddress {
             logger[metadataKey: "client"] = "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
         }
@@ -146,6 +161,7 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func processClientBytes(_ buffer: inout ByteBuffer) {
+        guard !refusing else { return }
         do {
             switch phase {
             case .startup:
@@ -199,6 +215,26 @@ final class ClientSession: UpstreamConnectionOwner {
         upstream?.setOption(ChannelOptions.autoRead, value: client.isWritable).whenFailure { _ in }
     }
 
+    // MARK: - TLS
+
+    /// The first bytes are a TLS ClientHello: start TLS before reading them.
+    func beginDirectTLS() -> Bool {
+        guard phase == .startup, !tlsActive, startTLS?() == true else { return false }
+        directTLS = true
+        tlsActive = true
+        startupMachine = ClientStartupMachine(tlsAvailable: false, mockSecret: runtime.mockSecret, insideTLS: true)
+        return true
+    }
+
+    func tlsEstablished(alpn: String?, peerCertificate: NIOSSLCertificate?) {
+        if directTLS, alpn != "postgresql" {
+            // PostgreSQL 17 requires ALPN on direct TLS, so a cross-protocol attack cannot use it.
+            fail(.directTLSWithoutALPN)
+            return
+        }
+        certificateNames = peerCertificate.map(TLSContexts.names(of:))
+    }
+
     // MARK: - Start-up
 
     private func processStartup(_ buffer: inout ByteBuffer) throws {
@@ -209,9 +245,12 @@ final class ClientSession: UpstreamConnectionOwner {
                 if case .startup(let startup) = packet, let name = startup.user {
                     let split = runtime.resolver().splitUserName(name)
                     userNameTenant = split.tenant
-                    action = startupMachine.receive(packet, user: split.user, verifier: runtime.map[user: split.user]?.verifier)
+                    if runtime.throttle.isLocked(clientAddress) {
+                        return refuseLogin(.lockedOut, count: false)
+                    }
+                    action = startupMachine.receive(packet, user: split.user, plan: authPlan(user: split.user, startup: startup))
                 } else {
-                    action = startupMachine.receive(packet, user: nil, verifier: nil)
+                    action = startupMachine.receive(packet, user: nil, plan: AuthPlan())
                 }
             case .frame(let frame):
                 action = startupMachine.receive(frame)
@@ -222,6 +261,22 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private func run(_ action: ClientStartupMachine.Action, remaining buffer: inout ByteBuffer) {
         switch action {
+        case .acceptEncryption:
+            guard buffer.readableBytes == 0 else {
+                fail(.protocolViolation("data sent before the encryption answer"))
+                return
+            }
+            var answer = client.allocator.buffer(capacity: 1)
+            answer.writeInteger(UInt8(ascii: "S"))
+            client.writeAndFlush(answer, promise: nil)
+            guard startTLS?() == true else {
+                client.close(promise: nil)
+                phase = .closed
+                return
+            }
+            tlsActive = true
+            startupMachine = ClientStartupMachine(tlsAvailable: false, mockSecret: runtime.mockSecret, insideTLS: true)
+
         case .refuseEncryption:
             // Bytes after an SSLRequest before our answer would be a TLS ClientHello sent blind.
             guard buffer.readableBytes == 0 else {
@@ -238,29 +293,73 @@ final class ClientSession: UpstreamConnectionOwner {
         case .cancel(let request):
             forwardCancel(request)
 
-        case .fail(let error):
+        case .fail(let error, let authentication):
             logger.info("refused client", metadata: ["sqlstate": "\(error.sqlState)", "reason": "\(error.message)"])
-            fail(error)
+            refuseLogin(error, count: authentication)
 
-        case .authenticated(let user, let startup, let messages):
+        case .authenticated(let user, let startup, let messages, let token):
             logger[metadataKey: "user"] = "\(user)"
             writeToClient(messages, flush: true)
-            authenticated(user: user, startup: startup)
+            authenticated(user: user, startup: startup, token: token)
         }
     }
 
-    private func authenticated(user: String, startup: StartupMessage) {
+    private var clientAddress: String { client.remoteAddress?.ipAddress ?? "?" }
+
+    /// How this connection authenticates: the first matching rule, else the user's own method.
+    private func authPlan(user name: String, startup: StartupMessage) -> AuthPlan {
+        let config = runtime.config
+        let user = runtime.map[user: name]
+        var plan = AuthPlan()
+        let database = startup.database ?? name
+        plan.method = config.auth.rules.first { $0.matches(user: name, database: database, address: client.remoteAddress) }?.method
+            ?? user?.auth ?? .scram
+        plan.verifier = user?.verifier
+        plan.md5 = user?.md5
+        plan.tls = tlsActive
+        plan.channelBinding = tlsActive ? runtime.tls.channelBinding : nil
+        plan.certificateNames = certificateNames
+        plan.acceptedCertificateNames = user?.certificateNames ?? []
+        plan.trustAllowed = config.auth.trustLoopback && Self.isLoopback(client.remoteAddress)
+        plan.requireTLS = user?.requireTLS ?? config.tls.require
+        plan.jwtVerifier = runtime.jwtVerifier
+        // Trust keeps its old meaning: configured and from loopback, it admits without a password.
+        if plan.trustAllowed, plan.method == .scram, config.auth.rules.isEmpty { plan.method = .trust }
+        return plan
+    }
+
+    /// Refuses a log-in after the configured delay (the same whatever the reason), counting
+    /// authentication failures towards the address's lockout.
+    private func refuseLogin(_ error: ProxyError, count: Bool) {
+        if count { runtime.throttle.recordFailure(clientAddress) }
+        let delay = runtime.config.auth.failureDelayMilliseconds
+        guard delay > 0, error.sqlState.hasPrefix("28") else { return fail(error) }
+        refusing = true
+        client.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        client.eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { [self] in
+            refusing = false
+            fail(error)
+        }
+    }
+
+    private func authenticated(user: String, startup: StartupMessage, token: VerifiedToken?) {
         if runtime.isDraining {
             fail(.notAcceptingConnections)
             return
         }
         seenMapGeneration = runtime.mapGeneration
-        let decision = runtime.resolver().resolve(startup: startup, user: user, userNameTenant: userNameTenant)
+        var sources: [(TenantSource, String)] = []
+        if let tenant = token?.tenant { sources.append((.jwt, tenant)) }
+        let domain = runtime.config.tls.sniDomain
+        if !domain.isEmpty, let name = serverName, name.hasSuffix("." + domain) {
+            sources.append((.sni, String(name.dropLast(domain.count + 1))))
+        }
+        let decision = runtime.resolver().resolve(startup: startup, user: user, userNameTenant: userNameTenant, extraSources: sources)
         var binding: SessionBinding
         switch decision {
         case .refused(let error):
             logger.info("refused client", metadata: ["sqlstate": "\(error.sqlState)", "reason": "\(error.message)"])
-            fail(error)
+            refuseLogin(error, count: false)
             return
         case .bound(let bound):
             binding = bound
@@ -287,6 +386,14 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         proxyKey = key
         logger[metadataKey: "session"] = "\(key.processID)"
+        if let token {
+            watchExpiry(of: token)
+            // The token's user becomes nile.user_id only when it is a member of the tenant.
+            binding.userID = nil
+            if let claimed = token.user, TenantIdentifier.isValid(claimed), binding.tenant != nil {
+                pendingMembership = claimed
+            }
+        }
         bind(binding)
         desiredSettings = Self.clientSettings(binding.upstreamParameters)
         phase = .connectingUpstream
@@ -352,11 +459,7 @@ final class ClientSession: UpstreamConnectionOwner {
         loginHandler = handler
         let key = PoolKey(user: role.user, database: binding.upstreamDatabase)
 
-        ClientBootstrap(group: client.eventLoop)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
-            .channelInitializer { channel in channel.pipeline.addHandler(handler) }
-            .connect(host: config.host, port: config.port)
+        UpstreamConnector.connect(on: client.eventLoop, config: config, tls: runtime.tls.upstream, handler: handler)
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):
@@ -413,6 +516,9 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Session mode: the context (or the tenant lookup) goes first, then the client is ready.
     private func applyContextAtConnect() {
         guard let binding else { return }
+        if pendingLookup == nil, let member = pendingMembership {
+            return checkMembership(member)
+        }
         if let uuid = pendingLookup {
             inject([runtime.injector.lookupStatements(uuid: uuid, userID: binding.userID)], purpose: .lookup(uuid: uuid))
         } else if let statements = runtime.injector.statements(tenant: binding.tenant, userID: binding.userID) {
@@ -420,6 +526,28 @@ final class ClientSession: UpstreamConnectionOwner {
             inject([statements], purpose: .connectContext)
         } else {
             becomeReady()
+        }
+    }
+
+    /// Sets the tenant context and asks whether the token's user belongs to the tenant.
+    private func checkMembership(_ userID: String) {
+        guard let tenant = binding?.tenant,
+              let context = runtime.injector.statements(tenant: tenant, userID: nil) else { return becomeReady() }
+        connection?.context = context
+        let query = "SELECT 1 FROM users.tenant_users WHERE tenant_id::text = \(ContextInjector.literal(tenant.id))"
+            + " AND user_id::text = \(ContextInjector.literal(userID))"
+        inject([context, query], purpose: .membership(userID: userID))
+    }
+
+    private func watchExpiry(of token: VerifiedToken) {
+        guard let expiry = token.expiresAt else { return }
+        let milliseconds = Int64(max(0, expiry.timeIntervalSinceNow) * 1000)
+        tokenTimer = client.eventLoop.scheduleTask(in: .milliseconds(milliseconds)) { [weak self] in
+            guard let self else { return }
+            tokenExpired = true
+            if phase == .relaying, transactionStatus == .idle, !awaitingReply {
+                fail(.tokenExpired)
+            }
         }
     }
 
@@ -431,7 +559,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let key = PoolKey(user: role.user, database: binding.upstreamDatabase)
         poolKey = key
         pool = runtime.pool(for: client.eventLoop)
-        if pendingLookup == nil, let parameters = pool?.serverParameters[key] {
+        if pendingLookup == nil, pendingMembership == nil, let parameters = pool?.serverParameters[key] {
             startupParameters = parameters
             becomeReady()
             return
@@ -440,6 +568,8 @@ final class ClientSession: UpstreamConnectionOwner {
         borrow { [self] in
             if let uuid = pendingLookup {
                 inject([runtime.injector.lookupStatements(uuid: uuid, userID: binding.userID)], purpose: .lookup(uuid: uuid))
+            } else if let member = pendingMembership {
+                checkMembership(member)
             } else {
                 startupParameters = pool?.serverParameters[key] ?? []
                 giveBack()
@@ -602,10 +732,14 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private func finishInjection(_ finished: Injection) {
         if let error = finished.error {
-            logger.error("tenant context query failed upstream", metadata: [
-                "sqlstate": "\(error.sqlState ?? "?")", "message": "\(error.message ?? "")",
-            ])
-            connection?.broken = true
+            if case .membership = finished.purpose {
+                logger.info("membership check failed upstream; no user id", metadata: ["sqlstate": "\(error.sqlState ?? "?")"])
+            } else {
+                logger.error("tenant context query failed upstream", metadata: [
+                    "sqlstate": "\(error.sqlState ?? "?")", "message": "\(error.message ?? "")",
+                ])
+                connection?.broken = true
+            }
         }
         switch finished.purpose {
         case .connectContext:
@@ -619,6 +753,21 @@ final class ClientSession: UpstreamConnectionOwner {
             if finished.error != nil { fail(.contextNotApplied) }
         case .none:
             break
+        case .membership(let userID):
+            pendingMembership = nil
+            if finished.error == nil, !finished.rows.isEmpty {
+                binding?.userID = userID
+            }
+            if transactionPooling {
+                startupParameters = pool.flatMap { pool in poolKey.flatMap { pool.serverParameters[$0] } } ?? []
+                giveBack()
+                becomeReady()
+            } else if let connection, let wanted = wantedContext, connection.context != wanted {
+                connection.context = wanted
+                inject([wanted], purpose: .connectContext)
+            } else {
+                becomeReady()
+            }
         case .lookup(let uuid):
             guard finished.error == nil, let binding else { return fail(.lookupFailed) }
             pendingLookup = nil
@@ -638,6 +787,9 @@ final class ClientSession: UpstreamConnectionOwner {
                 }
                 // The lookup statements already set the context.
                 connection?.context = wantedContext ?? ""
+                if let member = pendingMembership {
+                    return checkMembership(member)
+                }
                 if transactionPooling {
                     startupParameters = pool.flatMap { pool in poolKey.flatMap { pool.serverParameters[$0] } } ?? []
                     giveBack()
@@ -1119,9 +1271,13 @@ final class ClientSession: UpstreamConnectionOwner {
             upstreamPending = nil
             if clientPending != nil { resumeClient() }
         }
-        if runtime.isDraining, phase == .relaying, transactionStatus == .idle, !awaitingReply {
-            // A session that is between transactions when the proxy drains ends cleanly here.
-            fail(.shuttingDown)
+        if phase == .relaying, transactionStatus == .idle, !awaitingReply {
+            // Between transactions: a draining proxy or an expired token ends the session here.
+            if runtime.isDraining {
+                fail(.shuttingDown)
+            } else if tokenExpired {
+                fail(.tokenExpired)
+            }
         }
     }
 
@@ -1247,6 +1403,7 @@ final class ClientSession: UpstreamConnectionOwner {
             runtime.removeTenantClient(tenantCounted)
             self.tenantCounted = nil
         }
+        tokenTimer?.cancel()
         if let waiterID {
             pool?.cancelWait(waiterID)
             self.waiterID = nil

@@ -150,3 +150,38 @@ extension ProxyError {
                    hint: "The proxy runs in transaction pooling mode: session state would leak to the next client. Use session mode for this.")
     }
 }
+
+// MARK: - Authentication methods and TLS
+
+extension ProxyError {
+    static func tlsRequired(user: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "28000", message: "TLS is required for user \"\(user)\"",
+                   hint: "Connect with sslmode=require (or verify-full).")
+    }
+
+    static let cleartextNeedsTLS = ProxyError(
+        severity: .fatal, sqlState: "28000", message: "password and token authentication require TLS",
+        hint: "Connect with sslmode=require (or verify-full): a cleartext secret never crosses an unencrypted connection.")
+
+    static func rejectedByRule(user: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "28000", message: "connection rejected for user \"\(user)\"",
+                   hint: "The proxy's authentication rules do not admit this user, database and address.")
+    }
+
+    static func certificateFailed(user: String) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "28000", message: "certificate authentication failed for user \"\(user)\"",
+                   hint: "Present a client certificate signed by the configured CA whose CN or SAN names this user.")
+    }
+
+    static let lockedOut = ProxyError(
+        severity: .fatal, sqlState: "28000", message: "too many failed logins from this address",
+        hint: "Wait and retry later.")
+
+    static let tokenExpired = ProxyError(
+        severity: .fatal, sqlState: "28000", message: "token expired",
+        hint: "The session's token has expired; reconnect with a fresh token.")
+
+    static let directTLSWithoutALPN = ProxyError(
+        severity: .fatal, sqlState: "08P01", message: "direct TLS connection without ALPN postgresql",
+        hint: "Use a client that negotiates ALPN \"postgresql\" (PostgreSQL 17 libpq).")
+}

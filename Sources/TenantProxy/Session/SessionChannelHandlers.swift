@@ -1,27 +1,61 @@
 import NIOCore
+import NIOSSL
+import NIOTLS
 
-/// Thin adapter from the client channel's events to its `ClientSession`.
+/// Thin adapter from the client channel's events to its `ClientSession`. Also where TLS starts:
+/// a TLS record as the very first byte is a direct TLS connection (PostgreSQL 17's
+/// sslnegotiation=direct); the session asks for TLS after an SSLRequest.
 final class ClientChannelHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
     private let runtime: ProxyRuntime
     private var session: ClientSession?
+    private var firstRead = true
 
     init(runtime: ProxyRuntime) {
         self.runtime = runtime
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        session = ClientSession(client: context.channel, runtime: runtime)
+        let session = ClientSession(client: context.channel, runtime: runtime)
+        session.startTLS = { [weak self, weak session] in
+            guard let self, let session, let tls = self.runtime.tls.server else { return false }
+            do {
+                try ClientTLS.start(on: context.pipeline.syncOperations, before: self, context: tls, eventLoop: context.eventLoop) {
+                    session.serverName = $0
+                }
+                return true
+            } catch {
+                return false
+            }
+        }
+        self.session = session
         context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if firstRead {
+            firstRead = false
+            let buffer = unwrapInboundIn(data)
+            if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == 0x16, let session, session.beginDirectTLS() {
+                // Feed the ClientHello through the handlers just put in front of this one.
+                context.pipeline.fireChannelRead(data)
+                return
+            }
+        }
         session?.clientRead(unwrapInboundIn(data))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         session?.clientReadComplete()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate
+            session?.tlsEstablished(alpn: negotiated, peerCertificate: certificate)
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -36,8 +70,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // Connection resets and the like: the session ends, nothing else is disturbed.
+        // Connection resets, failed TLS handshakes and the like: the session ends, nothing else is disturbed.
         context.close(promise: nil)
     }
 }
-

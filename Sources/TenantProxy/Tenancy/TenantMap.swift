@@ -32,7 +32,15 @@ struct TenantUser: Sendable {
     }
 
     var name: String
-    var verifier: SCRAMVerifier
+    var verifier: SCRAMVerifier?
+    /// `md5` + md5(password + user), for method md5.
+    var md5: String?
+    /// This user's authentication method (rules in proxy.conf may override it).
+    var auth: AuthMethod = .scram
+    /// Overrides tls.require for this user.
+    var requireTLS: Bool?
+    /// Client-certificate CN or SAN values that log in as this user (default: the user name).
+    var certificateNames: [String] = []
     var mode: Mode = .pinned
     /// Tenant names, ids or aliases, as written; `["*"]` = any tenant.
     var tenants: [String] = []
@@ -151,7 +159,7 @@ struct TenantMap: Sendable {
     }
 
     private static let tenantKeys: Set<String> = ["id", "aliases", "status", "isolation", "schema", "database", "databases"]
-    private static let userKeys: Set<String> = ["password", "mode", "tenants", "user_id"]
+    private static let userKeys: Set<String> = ["password", "mode", "tenants", "user_id", "md5", "auth", "require_tls", "cert_names"]
 
     private static func parseTenant(name: String, entry: TOMLTable, problems: inout [ConfigProblem]) -> Tenant? {
         let key = "tenants.\(name)"
@@ -200,17 +208,47 @@ struct TenantMap: Sendable {
             problems.append(ConfigProblem(key: "\(key).\(field)", problem: "unknown key",
                                           fix: "use one of \(userKeys.sorted().joined(separator: ", "))"))
         }
-        guard let stored = entry["password"]?.string else {
-            problems.append(ConfigProblem(key: "\(key).password", problem: "is missing", fix: "add the output of `tenant-proxy hash-password`"))
+        var verifier: SCRAMVerifier?
+        if let stored = entry["password"]?.string {
+            guard let parsed = try? SCRAMVerifier(parsing: stored) else {
+                // Never echo the stored value: it is secret-equivalent.
+                problems.append(ConfigProblem(key: "\(key).password", problem: "is not a SCRAM-SHA-256 verifier",
+                                              fix: "replace it with the output of `tenant-proxy hash-password`"))
+                return nil
+            }
+            verifier = parsed
+        }
+        var auth = AuthMethod.scram
+        if let raw = entry["auth"] {
+            guard let text = raw.string, let method = AuthMethod(rawValue: text) else {
+                problems.append(ConfigProblem(key: "\(key).auth", problem: "unknown method",
+                                              fix: "use one of \(AuthMethod.allCases.map(\.rawValue).joined(separator: ", "))"))
+                return nil
+            }
+            auth = method
+        }
+        let md5 = entry["md5"]?.string
+        if let md5, !(md5.hasPrefix("md5") && md5.utf8.count == 35) {
+            problems.append(ConfigProblem(key: "\(key).md5", problem: "is not an MD5 password hash",
+                                          fix: "write \"md5\" followed by the 32 hex digits of md5(password + user name)"))
             return nil
         }
-        guard let verifier = try? SCRAMVerifier(parsing: stored) else {
-            // Never echo the stored value: it is secret-equivalent.
-            problems.append(ConfigProblem(key: "\(key).password", problem: "is not a SCRAM-SHA-256 verifier",
-                                          fix: "replace it with the output of `tenant-proxy hash-password`"))
+        if verifier == nil, [.scram, .password].contains(auth) {
+            problems.append(ConfigProblem(key: "\(key).password", problem: "is missing",
+                                          fix: "add the output of `tenant-proxy hash-password`"))
+            return nil
+        }
+        if auth == .md5, md5 == nil {
+            problems.append(ConfigProblem(key: "\(key).md5", problem: "is missing for auth = md5",
+                                          fix: "add md5 = \"md5<hex of md5(password + user name)>\""))
             return nil
         }
         var user = TenantUser(name: name, verifier: verifier)
+        user.md5 = md5
+        user.auth = auth
+        user.requireTLS = entry["require_tls"]?.bool
+        user.certificateNames = strings(entry["cert_names"], key: "\(key).cert_names", problems: &problems)
+        if user.certificateNames.isEmpty { user.certificateNames = [name] }
         if let raw = entry["mode"] {
             guard let text = raw.string, let mode = TenantUser.Mode(rawValue: text) else {
                 problems.append(ConfigProblem(key: "\(key).mode", problem: "must be pinned, switch or global", fix: "mode = \"pinned\""))

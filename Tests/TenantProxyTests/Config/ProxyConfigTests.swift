@@ -25,8 +25,22 @@ final class ProxyConfigTests: XCTestCase {
         return path
     }
 
+    /// These tests are about other sections: they run without TLS unless the text says otherwise
+    /// (TLS is required by default, and needs a certificate).
     private func parse(_ text: String, environment: [String: String] = [:]) throws -> ProxyConfig {
-        try ProxyConfig.parse(text, file: "proxy.conf", baseDirectory: directory, environment: environment)
+        let withTLS = text.contains("[tls]") ? text : text + "\n[tls]\nrequire = false\n"
+        return try ProxyConfig.parse(withTLS, file: "proxy.conf", baseDirectory: directory, environment: environment)
+    }
+
+    func testTLSIsRequiredByDefaultAndNeedsACertificate() throws {
+        try write("tenants.toml", "")
+        let found = problems("[tls]\n")
+        XCTAssertNotNil(problem("tls.require", in: found))
+        try write("server.crt", "x")
+        try write("server.key", "x")
+        let config = try parse("[tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n")
+        XCTAssertTrue(config.tls.require)
+        XCTAssertTrue(config.tls.enabled)
     }
 
     /// The problems a config is rejected with; fails the test when it is accepted.
