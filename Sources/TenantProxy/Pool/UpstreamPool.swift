@@ -33,6 +33,7 @@ final class UpstreamPool {
     /// no connection is lent to them.
     private(set) var serverParameters: [PoolKey: [ParameterStatus]] = [:]
     private var logins: [ObjectIdentifier: PoolLogin] = [:]
+    private var servingWaiters = false
 
     init(eventLoop: EventLoop, runtime: ProxyRuntime, loops: Int) {
         self.eventLoop = eventLoop
@@ -59,8 +60,13 @@ final class UpstreamPool {
         eventLoop.preconditionInEventLoop()
         nextWaiterID += 1
         let waiter = Waiter(id: nextWaiterID, key: key, context: context, tenant: tenant, completion: completion)
-        if waiters.isEmpty, serve(waiter) { return waiter.id }
+        if !waiters.contains(where: { $0.key == key }), let lend = serve(waiter) {
+            lend()
+            return waiter.id
+        }
         enqueue(waiter)
+        // Waiters ahead may be blocked only by their tenant's limit: serve whoever can go now.
+        serveWaiters()
         return waiter.id
     }
 
@@ -78,9 +84,9 @@ final class UpstreamPool {
         if let tenant { runtime.releaseTenantLease(tenant) }
         if connection.broken || !connection.channel.isActive {
             discard(connection)
-        } else {
-            idle[connection.key, default: []].append(connection)
+            return
         }
+        idle[connection.key, default: []].append(connection)
         serveWaiters()
     }
 
@@ -96,19 +102,23 @@ final class UpstreamPool {
         serveWaiters()
     }
 
-    /// Retries waiters (after a release here, or a tenant lease freed on another loop).
+    /// Retries waiters in order (after a release or discard here, a failed open, or a tenant
+    /// lease freed on another loop). Each waiter leaves the queue before it is called back, so a
+    /// callback that gives a connection straight back cannot serve the same waiter again.
     func serveWaiters() {
+        guard !servingWaiters else { return }
+        servingWaiters = true
+        defer { servingWaiters = false }
         var index = 0
         while index < waiters.count {
             let waiter = waiters[index]
-            if serve(waiter) {
-                waiter.timeout?.cancel()
-                if let position = waiters.firstIndex(where: { $0.id == waiter.id }) {
-                    waiters.remove(at: position)
-                }
-            } else {
+            guard let lend = serve(waiter) else {
                 index += 1
+                continue
             }
+            waiter.timeout?.cancel()
+            waiters.remove(at: index)
+            lend()
         }
     }
 
@@ -123,25 +133,39 @@ final class UpstreamPool {
         waiters.append(waiting)
     }
 
-    /// Lends to `waiter` now if a connection and the tenant's lease allow; false to keep waiting.
-    private func serve(_ waiter: Waiter) -> Bool {
+    /// What lending to `waiter` takes, if a connection and the tenant's lease allow it now; nil
+    /// to keep waiting. The caller takes the waiter out of the queue, then runs the result.
+    private func serve(_ waiter: Waiter) -> (() -> Void)? {
+        pruneIdle(key: waiter.key)
         let available = idle[waiter.key]?.isEmpty == false
         let canOpen = counts[waiter.key, default: 0] < sizePerLoop
-        guard available || canOpen else { return false }
-        if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) { return false }
+        guard available || canOpen else { return nil }
+        if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) { return nil }
         if available, let connection = takeIdle(key: waiter.key, context: waiter.context) {
-            waiter.completion(.success(connection))
-            return true
+            return { waiter.completion(.success(connection)) }
         }
-        guard canOpen else {
-            if let tenant = waiter.tenant { runtime.releaseTenantLease(tenant) }
+        counts[waiter.key, default: 0] += 1
+        return { [self] in
+            open(key: waiter.key) { [self] result in
+                if case .failure = result {
+                    if let tenant = waiter.tenant { runtime.releaseTenantLease(tenant) }
+                    // Room freed: the next waiter tries (and fails fast while the server is down).
+                    eventLoop.execute { self.serveWaiters() }
+                }
+                waiter.completion(result)
+            }
+        }
+    }
+
+    /// Drops idle connections that broke while idle (closed by the server), freeing their slots.
+    private func pruneIdle(key: PoolKey) {
+        guard let list = idle[key], list.contains(where: { $0.broken || !$0.channel.isActive }) else { return }
+        idle[key] = list.filter { connection in
+            guard connection.broken || !connection.channel.isActive else { return true }
+            counts[key, default: 1] -= 1
+            connection.channel.close(promise: nil)
             return false
         }
-        open(key: waiter.key) { result in
-            if case .failure = result, let tenant = waiter.tenant { self.runtime.releaseTenantLease(tenant) }
-            waiter.completion(result)
-        }
-        return true
     }
 
     private func takeIdle(key: PoolKey, context: String) -> UpstreamConnection? {
@@ -177,9 +201,8 @@ final class UpstreamPool {
 
     // MARK: - Opening connections
 
-    /// Logs a new connection in for `key`; counts it from now on.
+    /// Logs a new connection in for `key` (already counted by the caller).
     private func open(key: PoolKey, completion: @escaping Completion) {
-        counts[key, default: 0] += 1
         let config = runtime.config.upstream
         let password = key.user == config.user ? config.password : config.globalPassword
         let login = PoolLogin(key: key, machine: UpstreamStartupMachine(user: key.user, password: password))
