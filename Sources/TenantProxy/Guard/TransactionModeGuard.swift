@@ -92,8 +92,12 @@ struct TransactionModeGuard: Sendable {
     /// they differ.
     var standardConformingStrings: Bool?
 
-    init(standardConformingStrings: Bool? = nil) {
+    /// More settings the proxy restores itself for this session (a switch user's tenant setting).
+    var alsoTracked: Set<String> = []
+
+    init(standardConformingStrings: Bool? = nil, alsoTracked: Set<String> = []) {
         self.standardConformingStrings = standardConformingStrings
+        self.alsoTracked = alsoTracked
     }
 
     func inspect(_ sql: String) -> TransactionModeVerdict {
@@ -109,15 +113,16 @@ struct TransactionModeGuard: Sendable {
     }
 
     func inspect(utf8 bytes: UnsafeBufferPointer<UInt8>) -> TransactionModeVerdict {
+        let tracked = alsoTracked.isEmpty ? TransactionModeGuard.trackedParameters : TransactionModeGuard.trackedParameters.union(alsoTracked)
         switch standardConformingStrings {
         case .some(let on):
-            var scan = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: on), tolerateUnterminated: false)
+            var scan = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: on), tolerateUnterminated: false, tracked: tracked)
             return scan.run().verdict
         case .none:
-            var primary = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: true), tolerateUnterminated: false)
+            var primary = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: true), tolerateUnterminated: false, tracked: tracked)
             let (first, sawBackslash) = primary.run()
             guard first.isAllowed, sawBackslash else { return first }
-            var alternative = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: false), tolerateUnterminated: true)
+            var alternative = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: false), tolerateUnterminated: true, tracked: tracked)
             let (second, _) = alternative.run()
             if !second.isAllowed { return second }
             if second != first {
@@ -132,6 +137,7 @@ struct TransactionModeGuard: Sendable {
 private struct TransactionScan {
     var lexer: SQLLexer
     let tolerateUnterminated: Bool
+    let tracked: Set<String>
     /// Non-empty statements seen.
     var statements = 0
     var discards = false
@@ -148,7 +154,8 @@ private struct TransactionScan {
         var isImport = false
     }
 
-    init(lexer: SQLLexer, tolerateUnterminated: Bool) {
+    init(lexer: SQLLexer, tolerateUnterminated: Bool, tracked: Set<String>) {
+        self.tracked = tracked
         self.lexer = lexer
         self.tolerateUnterminated = tolerateUnterminated
     }
@@ -248,10 +255,8 @@ private struct TransactionScan {
                 return checkExplain(p)
             }
         case 8:
-            if p.isKeyword(t, "unlisten") {
-                return "UNLISTEN" + TransactionScan.suffix
-                    + ": LISTEN/UNLISTEN state belongs to the connection, not the transaction; use session pool mode"
-            }
+            // UNLISTEN only removes state (drivers' reset queries send UNLISTEN *): allowed.
+            break
         case 10:
             if p.isKeyword(t, "deallocate") { parseDeallocate(p) }
         default:
@@ -355,7 +360,7 @@ private struct TransactionScan {
             }
         }
         guard let name = readName(t, &p) else { return nil }  // not a SET the server accepts
-        if TransactionModeGuard.trackedParameters.contains(name) { return nil }
+        if tracked.contains(name) { return nil }
         switch name {
         case "role": return roleRefusal("SET ROLE")
         case "session_authorization": return roleRefusal("SET SESSION AUTHORIZATION")
@@ -379,7 +384,7 @@ private struct TransactionScan {
             }
         }
         guard let name = readName(t, &p) else { return nil }
-        if TransactionModeGuard.trackedParameters.contains(name) { return nil }
+        if tracked.contains(name) { return nil }
         switch name {
         case "role": return roleRefusal("RESET ROLE")
         case "session_authorization": return roleRefusal("RESET SESSION AUTHORIZATION")
@@ -429,8 +434,8 @@ private struct TransactionScan {
     // MARK: words anywhere in a statement
 
     private static let advisoryNames: [StaticString] = [
+        // The unlock functions only remove state (drivers' reset queries call pg_advisory_unlock_all).
         "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
-        "pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
     ]
 
     /// True when the unquoted word `t` starts with `prefix` (lower-case ASCII), ignoring case.
@@ -639,7 +644,7 @@ private struct TransactionScan {
         }
         guard argument == 2 else { return nil }  // not the three-argument set_config: the server rejects it
         if tokenCount[0] == 1, let n = firstToken[0], let name = literalString(n, p),
-           TransactionModeGuard.trackedParameters.contains(GuardPolicy.asciiLowercased(name)) {
+           tracked.contains(GuardPolicy.asciiLowercased(name)) {
             return nil
         }
         if tokenCount[2] == 1, let l = firstToken[2] {

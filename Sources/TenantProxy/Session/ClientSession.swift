@@ -78,7 +78,7 @@ final class ClientSession: UpstreamConnectionOwner {
     private var userNameTenant: String?
     private var binding: SessionBinding?
     private var statementGuard: StatementGuard?
-    private let transactionGuard = TransactionModeGuard()
+    private var transactionGuard = TransactionModeGuard()
     private var seenMapGeneration = 0
     private var pendingLookup: String?
     private var tenantCounted: String?
@@ -90,6 +90,10 @@ final class ClientSession: UpstreamConnectionOwner {
     private var cycleNotes = CircularBuffer<CycleNote>(initialCapacity: 4)
     /// A Parse was refused: drop the client's messages up to its Sync, then answer with the error.
     private var refusedBatch: ErrorResponse?
+    /// The refusal already went out (nothing of the batch was pending upstream): the Sync only
+    /// needs its ReadyForQuery. Clients that wait for replies before Sync (Parse, Describe,
+    /// Flush, as asyncpg does) see the error at once, as PostgreSQL would send it.
+    private var refusedBatchSent = false
     /// A Parse of this batch resets the context: re-apply after the batch's Sync.
     private var reapplyAfterSync = false
     /// Extended-protocol messages were sent since the last Sync: the connection is not free.
@@ -417,6 +421,8 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         let settings: Set<String> = [runtime.config.tenancy.tenantSetting, runtime.config.tenancy.userSetting]
         statementGuard = mode == .global ? nil : StatementGuard(policy: GuardPolicy(tenantSettings: settings, mode: mode))
+        // A switch user's tenant SET becomes its context, which the proxy restores on every lend.
+        transactionGuard = TransactionModeGuard(alsoTracked: mode == .switchTenant ? [runtime.config.tenancy.tenantSetting] : [])
     }
 
     /// Settings a client asked for at start-up: its parameters and `-c` options, lower-case names.
@@ -898,8 +904,15 @@ final class ClientSession: UpstreamConnectionOwner {
             if let deallocate = transactionVerdict.deallocate {
                 // Protocol-level statements are the proxy's to manage: answer it here.
                 switch deallocate {
-                case .all: prepared?.removeAll()
-                case .named(let name): prepared?.remove(name)
+                case .all:
+                    prepared?.removeAll()
+                case .named(let name):
+                    guard prepared?[name] != nil else {
+                        let error = ErrorResponse(sqlState: "26000", message: "prepared statement \"\(name)\" does not exist")
+                        cycleNotes.append(.answered([.errorResponse(error)]))
+                        return .replace([syncFrame()])
+                    }
+                    prepared?.remove(name)
                 }
                 let tag = deallocate == .all ? "DEALLOCATE ALL" : "DEALLOCATE"
                 cycleNotes.append(.answered([.commandComplete(CommandComplete(tag: tag))]))
@@ -923,16 +936,17 @@ final class ClientSession: UpstreamConnectionOwner {
         case FrontendMessageID.parse.rawValue:
             guard tenantStillActive() else { return .closed }
             if refusedBatch != nil { return .drop }
+            let nothingPending = !extendedOpen && cycleNotes.isEmpty && injection == nil
             extendedOpen = true
             let verdict = inspect(frame.payload, skippingName: true)
             if let refusal = verdict.refusal {
-                refusedBatch = ProxyError.guardRefusal(refusal).errorResponse
+                refuseBatch(ProxyError.guardRefusal(refusal).errorResponse, now: nothingPending)
                 return .drop
             }
             if transactionPooling {
                 let transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: true)
                 if let refusal = transactionVerdict.refusal {
-                    refusedBatch = ProxyError.sessionStateRefused(refusal).errorResponse
+                    refuseBatch(ProxyError.sessionStateRefused(refusal).errorResponse, now: nothingPending)
                     return .drop
                 }
                 if transactionVerdict.discardsPreparedStatements {
@@ -958,7 +972,8 @@ final class ClientSession: UpstreamConnectionOwner {
             extendedOpen = false
             if let error = refusedBatch {
                 refusedBatch = nil
-                cycleNotes.append(.answered([.errorResponse(error)]))
+                cycleNotes.append(refusedBatchSent ? .plain : .answered([.errorResponse(error)]))
+                refusedBatchSent = false
                 return .forward
             }
             if reapplyAfterSync {
@@ -1000,6 +1015,12 @@ final class ClientSession: UpstreamConnectionOwner {
         }
     }
 
+    private func refuseBatch(_ error: ErrorResponse, now: Bool) {
+        refusedBatch = error
+        refusedBatchSent = now
+        if now { writeToClient([.errorResponse(error)], flush: true) }
+    }
+
     // MARK: - Prepared statements across borrowed connections
 
     /// Between transactions, a batch of named Parse messages ended by Sync (what PQprepare sends)
@@ -1030,7 +1051,8 @@ final class ClientSession: UpstreamConnectionOwner {
                   inspectForTransactionMode(frame.payload, skippingName: true) == .allow
             else { return false }
             var payload = frame.payload
-            guard let parse = try? Parse.decode(payload: &payload), !parse.name.isEmpty else { return false }
+            guard let parse = try? Parse.decode(payload: &payload), !parse.name.isEmpty, prepared?[parse.name] == nil,
+                  !parses.contains(where: { $0.name == parse.name }) else { return false }
             parses.append(parse)
         }
         return false
@@ -1045,6 +1067,11 @@ final class ClientSession: UpstreamConnectionOwner {
         guard let parse = try? Parse.decode(payload: &payload), !parse.name.isEmpty else {
             parseOrigins.append(false)
             return .forward
+        }
+        if prepared[parse.name] != nil {
+            // As PostgreSQL: a name in use must be closed before it is prepared again.
+            refuseBatch(ErrorResponse(sqlState: "42P05", message: "prepared statement \"\(parse.name)\" already exists"), now: false)
+            return .drop
         }
         let statement = prepared.register(parse, allocator: client.allocator)
         self.prepared = prepared
@@ -1255,7 +1282,19 @@ final class ClientSession: UpstreamConnectionOwner {
                     }
                 }
             case BackendMessageID.readyForQuery.rawValue:
-                try handleReadyForQuery(frame, start: frameStart, end: frameEnd, runStart: &runStart, emitRun: emitRun)
+                switch readyForQuery(frame) {
+                case .plain:
+                    break
+                case .answered(let messages):
+                    // The proxy's own answer goes just before this ReadyForQuery.
+                    emitRun(upTo: frameStart)
+                    runStart = frameStart
+                    writeToClient(messages, flush: false)
+                case .reapply:
+                    emitRun(upTo: frameEnd)
+                    runStart = frameEnd
+                    reapplyContext()
+                }
             default:
                 continue
             }
@@ -1281,35 +1320,28 @@ final class ClientSession: UpstreamConnectionOwner {
         }
     }
 
-    private func handleReadyForQuery(
-        _ frame: PGFrame, start: Int, end: Int, runStart: inout Int, emitRun: (Int) -> Void
-    ) throws {
+    /// Records a ReadyForQuery's transaction status and returns what the proxy owes the client there.
+    private func readyForQuery(_ frame: PGFrame) -> CycleNote {
         let status = frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self)
             .flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
         parseOrigins.removeAll()
-        switch cycleNotes.popFirst() ?? .plain {
-        case .plain:
-            break
-        case .answered(let messages):
-            emitRun(start)
-            runStart = start
-            writeToClient(messages, flush: false)
-        case .reapply:
-            emitRun(end)
-            runStart = end
-            // In a failed transaction the reset is rolled back with it; nothing to re-apply.
-            if status != .failed, let connection {
-                let prelude = transactionPooling ? preludeQueries(for: connection) : contextQueries(for: connection)
-                if prelude.isEmpty {
-                    resumeClient()
-                } else {
-                    inject(prelude, purpose: .reapply)
-                }
-            } else {
-                connection?.context = wantedContext ?? ""
-                resumeClient()
-            }
+        return cycleNotes.popFirst() ?? .plain
+    }
+
+    /// After RESET ALL / DISCARD ALL ran: the context (and in transaction mode the settings) again,
+    /// before the client's next message. In a failed transaction the reset is rolled back with it.
+    private func reapplyContext() {
+        guard transactionStatus != .failed, let connection else {
+            connection?.context = wantedContext ?? ""
+            resumeClient()
+            return
+        }
+        let prelude = transactionPooling ? preludeQueries(for: connection) : contextQueries(for: connection)
+        if prelude.isEmpty {
+            resumeClient()
+        } else {
+            inject(prelude, purpose: .reapply)
         }
     }
 

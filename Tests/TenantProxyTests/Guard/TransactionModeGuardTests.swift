@@ -109,9 +109,10 @@ final class TransactionModeGuardTests: XCTestCase {
             ("SELECT pg_advisory_lock_shared(1)", .refuse("pg_advisory_lock_shared()")),
             ("SELECT pg_try_advisory_lock(1)", .refuse("pg_try_advisory_lock()")),
             ("SELECT * FROM t WHERE pg_try_advisory_lock_shared(id)", .refuse("pg_try_advisory_lock_shared()")),
-            ("SELECT pg_advisory_unlock(1)", .refuse("pg_advisory_unlock()")),
-            ("SELECT pg_advisory_unlock_shared(1)", .refuse("pg_advisory_unlock_shared()")),
-            ("SELECT 1; SELECT pg_advisory_unlock_all()", .refuse("pg_advisory_unlock_all()")),
+            // Unlocking only removes state (asyncpg's reset query calls pg_advisory_unlock_all).
+            ("SELECT pg_advisory_unlock(1)", .allow),
+            ("SELECT pg_advisory_unlock_shared(1)", .allow),
+            ("SELECT 1; SELECT pg_advisory_unlock_all()", .allow),
             ("SELECT pg_advisory_xact_lock(1)", .allow),
             ("SELECT pg_advisory_xact_lock_shared(1)", .allow),
             ("SELECT pg_try_advisory_xact_lock(1), pg_try_advisory_xact_lock_shared(2)", .allow),
@@ -125,8 +126,9 @@ final class TransactionModeGuardTests: XCTestCase {
             ("LISTEN jobs", .refuse("LISTEN")),
             ("listen \"Jobs\";", .refuse("LISTEN")),
             ("SELECT 1; LISTEN jobs", .refuse("LISTEN")),
-            ("UNLISTEN *", .refuse("UNLISTEN")),
-            ("UNLISTEN jobs", .refuse("UNLISTEN")),
+            // UNLISTEN only removes state (drivers' reset queries send UNLISTEN *).
+            ("UNLISTEN *", .allow),
+            ("UNLISTEN jobs", .allow),
             ("LOAD 'auto_explain'", .refuse("LOAD")),
             ("NOTIFY jobs, 'x'", .allow),
             ("SELECT pg_notify('jobs', 'LISTEN x')", .allow),
@@ -344,5 +346,13 @@ final class TransactionModeGuardTests: XCTestCase {
         XCTAssertEqual(TransactionModeVerdict.sqlState, "0A000")
         XCTAssertEqual(TransactionModeVerdict.allow, TransactionModeVerdict())
         XCTAssertTrue(TransactionModeGuard.trackedParameters.contains("timezone"))
+    }
+
+    func testSwitchUsersTenantSettingIsTrackedByTheProxy() {
+        let switchGuard = TransactionModeGuard(alsoTracked: ["nile.tenant_id"])
+        XCTAssertTrue(switchGuard.inspect("SET nile.tenant_id = '11111111-1111-4111-8111-111111111111'").isAllowed)
+        XCTAssertTrue(switchGuard.inspect("RESET nile.tenant_id").isAllowed)
+        XCTAssertFalse(switchGuard.inspect("SET search_path = x").isAllowed)
+        XCTAssertFalse(TransactionModeGuard().inspect("SET nile.tenant_id = 'x'").isAllowed)
     }
 }
