@@ -122,12 +122,15 @@ struct TenantResolver {
 
         // Every source must name the same tenant.
         var chosen: Tenant?
+        // The identifier as the client gave it: errors echo it, never the map's name for it.
+        var chosenIdentifier = ""
         var unknownUUID: String?
         for (_, identifier) in identifiers {
             if let tenant = map.tenant(named: identifier) {
                 if let previous = chosen, previous.id != tenant.id { return .refused(.tenantSourcesDisagree) }
                 if let unknownUUID, unknownUUID != tenant.id.lowercased() { return .refused(.tenantSourcesDisagree) }
                 chosen = tenant
+                chosenIdentifier = identifier
             } else if settings.lookupUpstream, TenantIdentifier.isUUID(identifier) {
                 let uuid = identifier.lowercased()
                 if let previous = unknownUUID, previous != uuid { return .refused(.tenantSourcesDisagree) }
@@ -138,8 +141,8 @@ struct TenantResolver {
             }
         }
         if let tenant = chosen {
-            guard map.user(user, mayUse: tenant) else { return .refused(.tenantNotFound(tenant.name)) }
-            guard tenant.status == .active else { return .refused(.tenantNotActive(tenant.name)) }
+            guard map.user(user, mayUse: tenant) else { return .refused(.tenantNotFound(chosenIdentifier)) }
+            guard tenant.status == .active else { return .refused(.tenantNotActive(chosenIdentifier)) }
             binding.tenant = tenant
             if tenant.isolation == .database { binding.upstreamDatabase = tenant.database }
             return .bound(binding)
@@ -149,13 +152,6 @@ struct TenantResolver {
                 return .refused(.tenantNotFound(uuid))
             }
             return .lookup(uuid: uuid, binding)
-        }
-        if user.mode == .pinned, user.tenants.count == 1, let only = map.tenant(named: user.tenants[0]) {
-            // A user pinned to one tenant needs no identifier: that tenant is the only answer.
-            guard only.status == .active else { return .refused(.tenantNotActive(only.name)) }
-            binding.tenant = only
-            if only.isolation == .database { binding.upstreamDatabase = only.database }
-            return .bound(binding)
         }
         if user.mode == .pinned {
             return .refused(.tenantMissing(user: user.name, setting: settings.tenantSetting, separator: settings.userSeparator))
