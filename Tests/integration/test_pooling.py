@@ -1,0 +1,980 @@
+"""Transaction pooling through tenant-proxy ([pool] mode = "transaction").
+
+Many clients over few upstream connections, tenants interleaved on shared connections, the
+statements refused in transaction mode (0A000) and the transaction-scoped ones allowed, tracked
+settings restored on every lent connection, named prepared statements across lent connections
+(psycopg, asyncpg, a raw extended-protocol client, pgbench -M prepared), pool and tenant limits
+(53300), upstream restart and terminated backends, idle timeout.
+
+Two back ends: the conftest `pg` cluster with `make_proxy` (global users, upstream proxy_scram)
+for pooling as such, and a cluster of this module's own with deploy/sql applied
+(pooling_support.pool_tcluster) for tenant-aware pooling.
+
+    python3 -m pytest Tests/integration/test_pooling.py -q
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import re
+import threading
+
+import asyncpg
+import psycopg
+import pytest
+
+import pgharness as h
+import pooling_support as ps
+import tenancy_support as ts
+from pooling_support import (ALL_TENANTS, UPSTREAM_ROLE, make_pool_tproxy,  # noqa: F401
+                             pool_tcluster)
+
+
+def param_status(conn, name: str) -> str | None:
+    v = conn.info.parameter_status(name)
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def proxy_info(p) -> str:
+    return f"\n--- proxy stderr ---\n{p.stderr()}"
+
+
+def run_threads(fn, args: list, max_workers: int | None = None) -> list:
+    """Runs fn(arg) for every arg in its own thread; returns the exceptions raised (with arg)."""
+    failures = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max_workers or len(args)) as pool:
+        futures = {pool.submit(fn, a): a for a in args}
+        for fut in concurrent.futures.as_completed(futures):
+            exc = fut.exception()
+            if exc is not None:
+                failures.append((futures[fut], exc))
+    return failures
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. many clients, few connections
+
+
+@pytest.mark.timeout_s(240)
+def test_many_clients_few_upstream_connections(make_proxy, pg, db):
+    p = make_proxy(extra=ps.pool_extra(size=3))
+    with ps.psycopg_connect(p, db) as c:
+        c.execute("CREATE TABLE items (client int, n int, kind text)")
+
+    def worker(i: int):
+        with ps.psycopg_connect(p, db) as conn:
+            for n in range(20):
+                if n % 2 == 0:
+                    with conn.transaction():
+                        conn.execute("INSERT INTO items VALUES (%s, %s, 'txn')", (i, n))
+                        cnt = conn.execute("SELECT count(*) FROM items WHERE client = %s",
+                                           (i,)).fetchone()[0]
+                        assert cnt == n + 1, (i, n, cnt)
+                else:
+                    conn.execute("INSERT INTO items VALUES (%s, %s, 'auto')", (i, n))
+                    got = conn.execute("SELECT max(n) FROM items WHERE client = %s",
+                                       (i,)).fetchone()[0]
+                    assert got == n, (i, n, got)
+
+    with ps.BackendMonitor(lambda: ps.backend_count(pg, UPSTREAM_ROLE, db)) as mon:
+        failures = run_threads(worker, list(range(30)))
+    assert not failures, f"{len(failures)} clients failed, first: {failures[0]!r}" + proxy_info(p)
+    assert not mon.errors, mon.errors[:3]
+    assert len(mon.samples) >= 3, f"the monitor sampled only {len(mon.samples)} times"
+    assert 1 <= mon.max <= 3, (f"upstream client backends of {UPSTREAM_ROLE}: max {mon.max} "
+                               f"(pool size 3); samples {sorted(set(mon.samples))}")
+    assert ps.backend_count(pg, UPSTREAM_ROLE, db) <= 3
+    assert pg.sql("SELECT count(*), count(DISTINCT (client, n)) FROM items",
+                  dbname=db) == [(600, 600)]
+
+
+@pytest.mark.timeout_s(120)
+def test_concurrent_logins_on_cold_pool(make_proxy, db):
+    """The first clients of a (role, database) log in at once while the pool has no connection
+    yet (the proxy borrows one to learn the server's parameters): all get in, the proxy lives."""
+    p = make_proxy(extra=ps.pool_extra(size=1))
+
+    def worker(i: int):
+        with ps.psycopg_connect(p, db) as conn:
+            assert conn.execute("SELECT %s::int", (i,)).fetchone()[0] == i
+
+    failures = run_threads(worker, list(range(10)))
+    if failures:
+        with contextlib.suppress(Exception):   # a crashing process may still be dumping core
+            p.proc.wait(timeout=10)
+    assert not failures, (f"{len(failures)} of 10 clients failed (proxy exit status "
+                          f"{p.proc.poll()}), first: {failures[0]!r}" + proxy_info(p))
+    assert p.alive()
+
+
+def prime(connect):
+    """One client alone first, so that the pool knows the server's parameters (concurrent
+    logins on a cold pool have their own test)."""
+    with connect() as c:
+        c.execute("SELECT 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. tenants interleaved on shared connections
+
+# (user, options, tenant name): pinned users by their only tenant, by alias, by user-name
+# suffix and by startup options
+TENANT_CLIENTS = [
+    ("alice", None, "acme"),
+    ("alice2", None, "acme"),
+    ("carol", None, "acme"),
+    ("bob", None, "globex"),
+    ("star.globex", None, "globex"),
+    ("star.umbrella", None, "umbrella"),
+    ("star.cyberdyne", None, "cyberdyne"),
+    ("star", ts.tenant_option(ALL_TENANTS["tyrell"]), "tyrell"),
+    ("star", ts.tenant_option("wonka"), "wonka"),
+]
+
+
+@pytest.mark.timeout_s(240)
+def test_tenants_interleaved_on_shared_connections(make_pool_tproxy, pool_tcluster):
+    p = make_pool_tproxy(size=2)
+    prime(lambda: ps.tconnect(p, "alice"))
+    clients = [(k, *c) for k in range(3) for c in TENANT_CLIENTS]   # 27 clients, 6 tenants
+    marker = f"pool-{ts.new_uuid()[:8]}"
+
+    def worker(client):
+        k, user, options, tenant = client
+        own = ALL_TENANTS[tenant]
+        with ps.tconnect(p, user, options=options) as conn:
+            for n in range(12):
+                title = f"{marker}:{tenant}:{user}:{k}:{n}"
+                if n % 3 == 2:
+                    tid, cnt, others = conn.execute(
+                        "SELECT current_setting('nile.tenant_id'), count(*), "
+                        "count(*) FILTER (WHERE tenant_id::text <> current_setting('nile.tenant_id')) "
+                        "FROM todos").fetchone()
+                    assert tid == own and others == 0, (client, n, tid, others)
+                    continue
+                with conn.transaction():
+                    tid = conn.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0]
+                    assert tid == own, f"{client} txn {n}: context {tid}, expected {own}"
+                    conn.execute("INSERT INTO todos (tenant_id, title) VALUES (%s, %s)",
+                                 (own, title))
+                    rows = conn.execute("SELECT tenant_id::text, title FROM todos").fetchall()
+                    foreign = [r for r in rows if r[0] != own]
+                    assert not foreign, f"{client} txn {n} read rows of other tenants: {foreign[:5]}"
+                    assert (own, title) in rows, f"{client} txn {n}: its own insert is not visible"
+                    tid2 = conn.execute("SELECT nile.current_tenant_id()::text").fetchone()[0]
+                    assert tid2 == own
+
+    with ps.BackendMonitor(lambda: ps.backend_count(pool_tcluster.srv, ts.PROXY_ROLE,
+                                                    ts.APP_DB)) as mon:
+        failures = run_threads(worker, clients)
+    try:
+        assert not failures, (f"{len(failures)} clients failed, first: {failures[0]!r}"
+                              + proxy_info(p))
+        assert 1 <= mon.max <= 2, (mon.max, sorted(set(mon.samples)))
+        # ownership, checked directly: every row carries the tenant named in its title
+        with pool_tcluster.su(ts.APP_DB) as c:
+            rows = c.execute("SELECT tenant_id::text, title FROM todos WHERE title LIKE %s",
+                             (marker + ":%",)).fetchall()
+        per_tenant: dict[str, int] = {}
+        for tid, title in rows:
+            tenant = title.split(":")[1]
+            assert tid == ALL_TENANTS[tenant], f"row {title!r} belongs to {tid}"
+            per_tenant[tenant] = per_tenant.get(tenant, 0) + 1
+        # 8 transactions with an insert per client (n % 3 != 2 for n in 0..11)
+        expected: dict[str, int] = {}
+        for _, _, _, tenant in clients:
+            expected[tenant] = expected.get(tenant, 0) + 8
+        assert per_tenant == expected
+    finally:
+        with pool_tcluster.su(ts.APP_DB) as c:
+            c.execute("DELETE FROM todos WHERE title LIKE %s", (marker + ":%",))
+
+
+@pytest.mark.timeout_s(120)
+def test_switch_user_context_survives_lending(make_pool_tproxy):
+    """A switch user's own SET nile.tenant_id is the context restored on every lent connection,
+    while pinned clients of another tenant use the same (single) upstream connection."""
+    p = make_pool_tproxy(size=1)
+    with ps.tconnect(p, "sam") as sam, ps.tconnect(p, "alice") as alice:
+        sam.execute(f"SET nile.tenant_id = '{ts.GLOBEX}'")
+        for n in range(5):
+            with alice.transaction():
+                assert alice.execute("SELECT current_setting('nile.tenant_id')"
+                                     ).fetchone()[0] == ts.ACME
+                apid = alice.execute("SELECT pg_backend_pid()").fetchone()[0]
+            with sam.transaction():
+                tid, spid = sam.execute("SELECT current_setting('nile.tenant_id'), "
+                                        "pg_backend_pid()").fetchone()
+                tenants = {r[0] for r in sam.execute("SELECT tenant_id::text FROM todos")}
+            assert apid == spid, "pool size 1: both clients must share the connection"
+            assert tid == ts.GLOBEX, f"round {n}: sam's context is {tid}" + proxy_info(p)
+            assert tenants <= {ts.GLOBEX}, tenants
+        # switching again takes effect on the next transactions
+        sam.execute(f"SET nile.tenant_id = '{ts.ACME}'")
+        alice.execute("SELECT 1")
+        assert sam.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ts.ACME
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. isolation between borrowers: refused in transaction mode (0A000), session usable
+
+
+def _no_advisory_locks(pg, db, conn):
+    return pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+
+
+def _no_temp_tables(pg, db, conn):
+    return pg.sql("SELECT count(*) FROM pg_class WHERE relpersistence = 't' "
+                  "AND relname LIKE 'pool_tt%%'", dbname=db) == [(0,)]
+
+
+def _no_listen(pg, db, conn):
+    return conn.execute("SELECT count(*) FROM pg_listening_channels()").fetchone()[0] == 0
+
+
+def _no_prepared_pp(pg, db, conn):
+    return conn.execute("SELECT count(*) FROM pg_prepared_statements WHERE name = 'pool_pp'"
+                        ).fetchone()[0] == 0
+
+
+def _no_hold_cursor(pg, db, conn):
+    return conn.execute("SELECT count(*) FROM pg_cursors WHERE name = 'pool_c'").fetchone()[0] == 0
+
+
+def _timeout_unchanged(pg, db, conn):
+    return conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
+
+
+def _work_mem_unchanged(pg, db, conn):
+    return conn.execute("SHOW work_mem").fetchone()[0] == "4MB"
+
+
+def _search_path_unchanged(pg, db, conn):
+    return conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+
+
+REFUSED = {
+    "create_temp_table": ("CREATE TEMP TABLE pool_tt1 (a int)", _no_temp_tables),
+    "create_temporary_table_as": ("CREATE TEMPORARY TABLE pool_tt2 AS SELECT 1 AS a",
+                                  _no_temp_tables),
+    "create_local_temp": ("create local temporary table pool_tt3 (a int)", _no_temp_tables),
+    "select_into_temp": ("SELECT 1 AS a INTO TEMP pool_tt4", _no_temp_tables),
+    "create_table_pg_temp": ("CREATE TABLE pg_temp.pool_tt5 (a int)", _no_temp_tables),
+    "temp_table_on_commit_delete": ("CREATE TEMP TABLE pool_tt6 (a int) ON COMMIT DELETE ROWS",
+                                    _no_temp_tables),
+    "declare_with_hold": ("DECLARE pool_c CURSOR WITH HOLD FOR SELECT 1", _no_hold_cursor),
+    "advisory_lock": ("SELECT pg_advisory_lock(4242)", _no_advisory_locks),
+    "advisory_lock_shared": ("SELECT pg_advisory_lock_shared(4242)", _no_advisory_locks),
+    "try_advisory_lock": ("select PG_TRY_ADVISORY_LOCK(1, 2)", _no_advisory_locks),
+    "advisory_lock_qualified": ("SELECT pg_catalog.pg_advisory_lock(4242)", _no_advisory_locks),
+    "advisory_lock_quoted": ('SELECT "pg_advisory_lock"(4242)', _no_advisory_locks),
+    "listen": ("LISTEN pool_chan", _no_listen),
+    "sql_prepare": ("PREPARE pool_pp AS SELECT 1", _no_prepared_pp),
+    "sql_execute": ("EXECUTE pool_pp", _no_prepared_pp),
+    "set_untracked": ("SET statement_timeout = 1234", _timeout_unchanged),
+    "set_session_untracked": ("SET SESSION work_mem = '8MB'", _work_mem_unchanged),
+    "set_search_path": ("SET search_path = pg_catalog", _search_path_unchanged),
+    "set_schema": ("SET SCHEMA 'pg_catalog'", _search_path_unchanged),
+    "reset_untracked": ("RESET statement_timeout", _timeout_unchanged),
+    "set_config_session": ("SELECT set_config('statement_timeout', '1234', false)",
+                           _timeout_unchanged),
+    "load": ("LOAD 'auto_explain'", None),
+}
+MULTI_ONLY = {"multi_statement": ("SELECT 1; SELECT pg_advisory_lock(4242)", _no_advisory_locks)}
+
+
+@pytest.fixture
+def txn_proxy(make_proxy):
+    return make_proxy(extra=ps.pool_extra(size=2))
+
+
+def _expect_refused(conn, sql: str, extended: bool):
+    with pytest.raises(psycopg.Error) as ei:
+        if extended:
+            conn.cursor().execute(sql, binary=True)    # Parse/Bind/Execute
+        else:
+            conn.execute(sql)                           # simple Query
+    return ei.value
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("case", sorted(REFUSED) + sorted(MULTI_ONLY))
+def test_refused_in_transaction_mode_global(txn_proxy, pg, db, case, protocol):
+    sql, check = REFUSED.get(case) or MULTI_ONLY[case]
+    if case in MULTI_ONLY and protocol == "extended":
+        pytest.skip("several statements cannot go through Parse")
+    with ps.psycopg_connect(txn_proxy, db) as conn:
+        # (sql_execute: nothing named pool_pp exists; the refusal must come first, not 26000)
+        err = _expect_refused(conn, sql, protocol == "extended")
+        assert ps.sqlstate_of(err) == "0A000", (f"{sql!r}: {ps.sqlstate_of(err)} {err}"
+                                                + proxy_info(txn_proxy))
+        assert not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("SELECT 41 + 1").fetchone()[0] == 42
+        if check is not None:
+            assert check(pg, db, conn), f"{sql!r} left state behind"
+        # and in a transaction the session is usable afterwards too
+        with conn.transaction():
+            assert conn.execute("SELECT 2").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("case", ["create_temp_table", "declare_with_hold", "advisory_lock",
+                                  "listen", "sql_prepare", "set_untracked", "load"])
+def test_refused_in_transaction_mode_pinned(make_pool_tproxy, case):
+    p = make_pool_tproxy(size=2)
+    sql, _ = REFUSED[case]
+    with ps.tconnect(p, "alice") as conn:
+        err = _expect_refused(conn, sql, extended=False)
+        state = ps.sqlstate_of(err)
+        # LOAD is refused by the tenancy guard too (42501); either refusal is fine for it
+        allowed = {"0A000", "42501"} if case == "load" else {"0A000"}
+        assert state in allowed, f"{sql!r}: {state} {err}" + proxy_info(p)
+        assert conn.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ts.ACME
+
+
+@pytest.mark.timeout_s(120)
+def test_transaction_scoped_state_is_allowed(txn_proxy, pg, db):
+    with ps.psycopg_connect(txn_proxy, db) as conn:
+        with conn.transaction():
+            conn.execute("CREATE TEMP TABLE pool_scratch (a int) ON COMMIT DROP")
+            conn.execute("INSERT INTO pool_scratch SELECT generate_series(1, 5)")
+            assert conn.execute("SELECT sum(a) FROM pool_scratch").fetchone()[0] == 15
+        assert pg.sql("SELECT count(*) FROM pg_class WHERE relname = 'pool_scratch'",
+                      dbname=db) == [(0,)]
+
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 1234")
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "1234ms"
+            conn.execute("SET LOCAL work_mem = '8MB'")
+            assert conn.execute("SHOW work_mem").fetchone()[0] == "8MB"
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
+
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(1)")
+            assert conn.execute("SELECT pg_try_advisory_xact_lock(2)").fetchone()[0] is True
+            held = pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0]
+            assert held == 2
+        assert pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+
+        # set_config with is_local = true is SET LOCAL
+        with conn.transaction():
+            conn.execute("SELECT set_config('statement_timeout', '777', true)")
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "777ms"
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
+
+        # NOTIFY is fine (no session state)
+        conn.execute("NOTIFY pool_chan, 'x'")
+        # Unlocking and UNLISTEN only remove state (drivers' reset queries send them)
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        conn.execute("UNLISTEN *")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. tracked settings restored on every lent connection
+
+
+@pytest.fixture
+def one_conn_proxy(make_proxy):
+    return make_proxy(extra=ps.pool_extra(size=1))
+
+
+def _direct_default(pg, db, setting: str) -> str:
+    with psycopg.connect(host=pg.host, port=pg.port, user=UPSTREAM_ROLE,
+                         password=h.ROLE_PASSWORDS[UPSTREAM_ROLE], dbname=db,
+                         sslmode="disable") as c:
+        return c.execute(f"SHOW {setting}").fetchone()[0]
+
+
+TRACKED = {
+    # parameter: (SET statement, probe query, value A expects from the probe)
+    "TimeZone": ("SET TimeZone = 'Asia/Tokyo'", "SHOW TimeZone", "Asia/Tokyo"),
+    "TimeZone_spelled": ("SET TIME ZONE 'Asia/Tokyo'", "SHOW TimeZone", "Asia/Tokyo"),
+    "DateStyle": ("SET DateStyle = 'German, DMY'", "SELECT DATE '2024-03-05'::text",
+                  "05.03.2024"),
+    "IntervalStyle": ("SET IntervalStyle = 'iso_8601'", "SELECT interval '1 day 2 hours'::text",
+                      "P1DT2H"),
+    "application_name": ("SET application_name = 'pool-set-A'", "SHOW application_name",
+                         "pool-set-A"),
+    "standard_conforming_strings": ("SET standard_conforming_strings = off",
+                                    "SHOW standard_conforming_strings", "off"),
+}
+
+
+@pytest.mark.parametrize("param", sorted(TRACKED))
+def test_tracked_setting_restored(one_conn_proxy, pg, db, param):
+    set_sql, probe, a_value = TRACKED[param]
+    with ps.psycopg_connect(pg, db, user=UPSTREAM_ROLE,
+                            password=h.ROLE_PASSWORDS[UPSTREAM_ROLE]) as d:
+        default = d.execute(probe).fetchone()[0]
+    assert default != a_value
+    p = one_conn_proxy
+    with ps.psycopg_connect(p, db) as a, ps.psycopg_connect(p, db) as b:
+        a.execute(set_sql)
+        pids = set()
+        for n in range(4):
+            assert a.execute(probe).fetchone()[0] == a_value, f"A round {n}" + proxy_info(p)
+            pids.add(a.execute("SELECT pg_backend_pid()").fetchone()[0])
+            assert b.execute(probe).fetchone()[0] == default, f"B round {n}" + proxy_info(p)
+            with b.transaction():
+                assert b.execute(probe).fetchone()[0] == default
+                pids.add(b.execute("SELECT pg_backend_pid()").fetchone()[0])
+            with a.transaction():
+                assert a.execute(probe).fetchone()[0] == a_value
+        assert len(pids) == 1, f"pool size 1 but several backends: {pids}"
+        # A resets the parameter: back to what it had at log-in
+        a.execute(f"RESET {param.split('_spelled')[0]}")
+        b.execute(set_sql)   # and now B is the one that changed it
+        assert a.execute(probe).fetchone()[0] == default, proxy_info(p)
+        assert b.execute(probe).fetchone()[0] == a_value
+
+
+def test_timezone_parameter_status_per_client(one_conn_proxy, db):
+    """The TimeZone a driver believes (ParameterStatus) stays each client's own."""
+    p = one_conn_proxy
+    with ps.psycopg_connect(p, db) as a, ps.psycopg_connect(p, db) as b:
+        default = param_status(b, "TimeZone")
+        a.execute("SET TimeZone = 'Asia/Tokyo'")
+        for _ in range(3):
+            a.execute("SELECT 1")
+            b.execute("SELECT 1")
+            assert param_status(a, "TimeZone") == "Asia/Tokyo"
+            assert param_status(b, "TimeZone") == default, proxy_info(p)
+            # timestamptz rendering follows each client's zone
+            assert a.execute("SELECT '2024-01-01 00:00:00+00'::timestamptz::text"
+                             ).fetchone()[0] == "2024-01-01 09:00:00+09"
+
+
+def test_application_name_startup_parameter_restored(one_conn_proxy, db):
+    p = one_conn_proxy
+    with ps.psycopg_connect(p, db, application_name="pool-app-A") as a, \
+            ps.psycopg_connect(p, db, application_name="pool-app-B") as b, \
+            ps.psycopg_connect(p, db) as c:
+        c_reported = param_status(c, "application_name") or ""
+        assert c_reported not in ("pool-app-A", "pool-app-B")
+        probe = ("SELECT current_setting('application_name'), "
+                 "(SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid())")
+        for n in range(4):
+            assert a.execute(probe).fetchone() == ("pool-app-A", "pool-app-A"), proxy_info(p)
+            assert b.execute(probe).fetchone() == ("pool-app-B", "pool-app-B"), proxy_info(p)
+            got = c.execute(probe).fetchone()
+            assert got == (c_reported, c_reported), (n, got)
+            with a.transaction():
+                assert a.execute("SHOW application_name").fetchone()[0] == "pool-app-A"
+
+
+def test_options_setting_restored(one_conn_proxy, db):
+    p = one_conn_proxy
+    with ps.psycopg_connect(p, db, options="-c statement_timeout=1234 -c work_mem=5MB") as d, \
+            ps.psycopg_connect(p, db) as e:
+        for n in range(4):
+            assert d.execute("SHOW statement_timeout").fetchone()[0] == "1234ms", (
+                f"round {n}" + proxy_info(p))
+            assert e.execute("SHOW statement_timeout").fetchone()[0] == "0", f"round {n}"
+            with d.transaction():
+                assert d.execute("SELECT current_setting('statement_timeout'), "
+                                 "current_setting('work_mem')").fetchone() == ("1234ms", "5MB")
+            with e.transaction():
+                assert e.execute("SELECT current_setting('statement_timeout'), "
+                                 "current_setting('work_mem')").fetchone() == ("0", "4MB")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. prepared statements across lent connections
+
+PREP_Q = "SELECT %s::int * 2, pg_backend_pid()"
+
+
+@pytest.mark.timeout_s(120)
+def test_prepared_statement_runs_on_another_connection(make_proxy, db):
+    """Deterministic: the statement is prepared on backend X, then executed while X is held by
+    another client, so it must run (re-prepared) on backend Y."""
+    p = make_proxy(extra=ps.pool_extra(size=2))
+    with ps.psycopg_connect(p, db) as c, ps.psycopg_connect(p, db) as h1, \
+            ps.psycopg_connect(p, db) as h2:
+        v, x = c.execute(PREP_Q, (1,), prepare=True).fetchone()
+        assert v == 2
+        v, x2 = c.execute(PREP_Q, (2,), prepare=True).fetchone()
+        assert v == 4
+        # both holders in a transaction: the pool's two connections are lent
+        h1.execute("BEGIN")
+        p1 = h1.execute("SELECT pg_backend_pid()").fetchone()[0]
+        h2.execute("BEGIN")
+        p2 = h2.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert p1 != p2
+        assert x in (p1, p2)
+        keep, free = (h1, h2) if p1 == x else (h2, h1)
+        free.execute("COMMIT")
+        v, y = c.execute(PREP_Q, (21,), prepare=True).fetchone()
+        assert v == 42
+        assert y != x, "the only free backend is not X"
+        # and describe-only (cursor.description) plus several executions there
+        for n in range(5):
+            v, _ = c.execute(PREP_Q, (n,), prepare=True).fetchone()
+            assert v == 2 * n
+        keep.execute("COMMIT")
+        # back and forth
+        for n in range(10):
+            assert c.execute(PREP_Q, (n,), prepare=True).fetchone()[0] == 2 * n
+            assert h1.execute(PREP_Q, (n + 1,), prepare=True).fetchone()[0] == 2 * n + 2
+
+
+@pytest.mark.timeout_s(180)
+def test_prepared_statements_many_clients_psycopg(make_proxy, db):
+    p = make_proxy(extra=ps.pool_extra(size=2))
+    prime(lambda: ps.psycopg_connect(p, db))
+    seen_pids: dict[int, set[int]] = {}
+
+    def worker(i: int):
+        pids = seen_pids.setdefault(i, set())
+        with ps.psycopg_connect(p, db, prepare_threshold=0) as conn:
+            for n in range(30):
+                if n % 4 == 3:
+                    with conn.transaction():
+                        a = conn.execute("SELECT %s::int + %s::int", (i, n)).fetchone()[0]
+                        b = conn.execute("SELECT %s::text || '-' || %s::text",
+                                         (f"c{i}", n)).fetchone()[0]
+                    assert (a, b) == (i + n, f"c{i}-{n}")
+                else:
+                    v, pid = conn.execute(PREP_Q, (i * 100 + n,), prepare=True).fetchone()
+                    assert v == 2 * (i * 100 + n)
+                    pids.add(pid)
+
+    failures = run_threads(worker, list(range(8)))
+    assert not failures, f"{failures[0]!r}" + proxy_info(p)
+    assert set().union(*seen_pids.values()) and len(set().union(*seen_pids.values())) <= 2
+
+
+@pytest.mark.timeout_s(180)
+def test_prepared_statements_asyncpg(make_proxy, db):
+    p = make_proxy(extra=ps.pool_extra(size=2))
+    prime(lambda: ps.psycopg_connect(p, db))
+
+    async def client(i: int):
+        conn = await asyncpg.connect(host=p.host, port=p.port, user="alice", password="alicepw",
+                                     database=db, ssl=False)
+        try:
+            stmt = await conn.prepare("SELECT $1::int + 1 AS v, $2::text AS t")
+            for n in range(25):
+                rows = await stmt.fetch(i * 1000 + n, f"c{i}")
+                assert [tuple(r) for r in rows] == [(i * 1000 + n + 1, f"c{i}")]
+                if n % 5 == 0:
+                    async with conn.transaction():
+                        assert await conn.fetchval("SELECT $1::int * 3", n) == 3 * n
+                        assert await stmt.fetchval(n, "x") == n + 1
+                # asyncpg's own statement cache (named statements) for ad-hoc queries
+                assert await conn.fetchval("SELECT $1::text || 'z'", str(n)) == f"{n}z"
+            # a statement prepared, dropped, prepared again
+            s2 = await conn.prepare("SELECT 7")
+            assert await s2.fetchval() == 7
+            await conn.reset()
+            assert await conn.fetchval("SELECT $1::int", 5) == 5
+        finally:
+            await conn.close()
+
+    async def main():
+        return await asyncio.gather(*(client(i) for i in range(6)), return_exceptions=True)
+
+    results = asyncio.run(main())
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, f"{errors[0]!r}" + proxy_info(p)
+
+
+@pytest.mark.timeout_s(120)
+def test_parse_close_deallocate_raw(make_proxy, db):
+    p = make_proxy(extra=ps.pool_extra(size=2))
+    with ps.ExtConn(p.host, p.port) as c, ps.ExtConn(p.host, p.port) as other:
+        c.startup("alice", "alicepw", db)
+        other.startup("alice", "alicepw", db)
+        # Parse+Sync between transactions (the proxy may answer it itself)
+        r = c.batch(c.parse("s1", "SELECT $1::int + 100"))
+        assert r["errors"] == [] and r["tags"] == [b"1", b"Z"] and r["status"] == "I", r
+        r = c.batch(c.parse("s2", "SELECT 'two'::text"))
+        assert r["errors"] == [], r
+        # the other client may use the same names: statements are per client
+        r = other.batch(other.parse("s1", "SELECT 'other'::text"))
+        assert r["errors"] == [], r
+        for n in range(3):
+            assert c.run_prepared("s1", [str(n)])["rows"] == [[str(100 + n)]]
+            assert other.run_prepared("s1", [])["rows"] == [["other"]]
+        # Describe of a statement
+        r = c.batch(c.describe_statement("s1"))
+        assert r["errors"] == [] and b"t" in r["tags"] and b"T" in r["tags"], r
+        # Close
+        r = c.batch(c.close_statement("s1"))
+        assert r["errors"] == [] and b"3" in r["tags"], r
+        r = c.run_prepared("s1", ["1"])
+        assert [e.get("C") for e in r["errors"]] == ["26000"], r
+        assert other.run_prepared("s1", [])["rows"] == [["other"]]
+        # the name can be used again after Close
+        assert c.batch(c.parse("s1", "SELECT $1::int - 1"))["errors"] == []
+        assert c.run_prepared("s1", ["10"])["rows"] == [["9"]]
+        # DEALLOCATE name (simple query)
+        assert c.query("DEALLOCATE s1") == []
+        assert [e.get("C") for e in c.run_prepared("s1", ["1"])["errors"]] == ["26000"]
+        assert c.run_prepared("s2", [])["rows"] == [["two"]]
+        # DEALLOCATE of an unknown name: 26000 as in Postgres
+        with pytest.raises(h.PGError) as ei:
+            c.query("DEALLOCATE nosuch")
+        assert ei.value.sqlstate == "26000"
+        # DEALLOCATE ALL
+        assert c.batch(c.parse("s3", "SELECT 3"))["errors"] == []
+        assert c.query("DEALLOCATE ALL") == []
+        for name in ("s2", "s3"):
+            assert [e.get("C") for e in c.run_prepared(name, [])["errors"]] == ["26000"], name
+        assert other.run_prepared("s1", [])["rows"] == [["other"]]
+        # names are free again; and a statement prepared inside a transaction survives it
+        assert c.query("BEGIN") == []
+        assert c.batch(c.parse("s2", "SELECT 'again'::text"))["errors"] == []
+        assert c.run_prepared("s2", [])["rows"] == [["again"]]
+        assert c.query("COMMIT") == []
+        assert other.query("BEGIN") == []   # hold a connection so c may get the other one
+        assert c.run_prepared("s2", [])["rows"] == [["again"]]
+        assert other.query("COMMIT") == []
+        assert c.query("SELECT 1") == [["1"]]
+
+
+def test_parse_duplicate_statement_name_raw(make_proxy, db):
+    """Parse of a name the client already prepared fails as in Postgres (42P05 duplicate
+    prepared statement) and leaves the first statement in place."""
+    p = make_proxy(extra=ps.pool_extra(size=2))
+    with ps.ExtConn(p.host, p.port) as c:
+        c.startup("alice", "alicepw", db)
+        assert c.batch(c.parse("s1", "SELECT $1::int + 100"))["errors"] == []
+        assert c.run_prepared("s1", ["1"])["rows"] == [["101"]]
+        r = c.batch(c.parse("s1", "SELECT 1"))
+        assert [e.get("C") for e in r["errors"]] == ["42P05"], r
+        assert c.run_prepared("s1", ["1"])["rows"] == [["101"]]
+        # also when Parse travels with Bind/Execute in one batch
+        r = c.batch(c.parse("s1", "SELECT 2"), c.bind("s1", ["1"]), c.execute())
+        assert [e.get("C") for e in r["errors"]] == ["42P05"], r
+        assert c.run_prepared("s1", ["2"])["rows"] == [["102"]]
+
+
+def test_psycopg_deallocate_all(make_proxy, db):
+    p = make_proxy(extra=ps.pool_extra(size=2))
+    with ps.psycopg_connect(p, db, prepare_threshold=0) as conn:
+        for n in range(3):
+            assert conn.execute("SELECT %s::int + 1", (n,)).fetchone()[0] == n + 1
+        conn.execute("DEALLOCATE ALL")
+        for n in range(3):
+            assert conn.execute("SELECT %s::int + 1", (n,)).fetchone()[0] == n + 1, proxy_info(p)
+        conn.execute("DISCARD ALL")
+        assert conn.execute("SELECT %s::int + 1", (5,)).fetchone()[0] == 6, proxy_info(p)
+
+
+def _pgbench(ep: h.Endpoint, *args: str, timeout: float = 300) -> str:
+    res = h.run([h.client_bin("pgbench"), *args], env=ep.libpq_env(), timeout=timeout)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"pgbench {' '.join(args)} exited {res.returncode}:\n{out}"
+    return out
+
+
+def _check_pgbench(out: str, expected: int):
+    m = re.search(r"number of transactions actually processed: (\d+)/(\d+)", out)
+    assert m, out
+    assert (int(m.group(1)), int(m.group(2))) == (expected, expected), out
+    m = re.search(r"number of failed transactions: (\d+)", out)
+    assert m and int(m.group(1)) == 0, out
+
+
+@pytest.mark.timeout_s(400)
+def test_pgbench_prepared_transaction_mode(make_proxy, pg, db):
+    p = make_proxy(extra=ps.pool_extra(size=3))
+    ep = p.endpoint(db)
+    out = _pgbench(ep, "-i", "-s", "1", "-q")
+    assert "done in" in out, out
+    with ps.BackendMonitor(lambda: ps.backend_count(pg, UPSTREAM_ROLE, db)) as mon:
+        out = _pgbench(ep, "-M", "prepared", "-S", "-c", "10", "-j", "2", "-t", "50", "-n")
+        _check_pgbench(out, 500)
+        before = pg.sql("SELECT count(*) FROM pgbench_history", dbname=db)[0][0]
+        out = _pgbench(ep, "-M", "prepared", "-c", "10", "-j", "2", "-t", "50", "-n")
+        _check_pgbench(out, 500)
+    after = pg.sql("SELECT count(*) FROM pgbench_history", dbname=db)[0][0]
+    assert after - before == 500
+    sums = pg.sql("SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
+                  "(SELECT sum(bbalance) FROM pgbench_branches), "
+                  "(SELECT sum(tbalance) FROM pgbench_tellers), "
+                  "(SELECT sum(delta) FROM pgbench_history)", dbname=db)[0]
+    assert len(set(sums)) == 1, sums
+    assert 1 <= mon.max <= 3, (mon.max, sorted(set(mon.samples)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. pool exhaustion and limits
+
+WAIT_RE = re.compile(r"no upstream connection became free within 2 seconds")
+
+
+def _assert_pool_timeout(exc: BaseException, p):
+    assert ps.sqlstate_of(exc) == "53300", f"{ps.sqlstate_of(exc)}: {exc}" + proxy_info(p)
+    assert WAIT_RE.search(str(exc)), f"{exc}" + proxy_info(p)
+
+
+@pytest.mark.timeout_s(120)
+def test_pool_exhausted_client_times_out(make_proxy, db):
+    p = make_proxy(extra=ps.pool_extra(size=1, max_client_wait_seconds=2))
+    a = ps.psycopg_connect(p, db)
+    b = ps.psycopg_connect(p, db)
+    with ps.closing_all([a, b]):
+        a.execute("BEGIN")
+        assert a.execute("SELECT 1").fetchone()[0] == 1
+        with pytest.raises(psycopg.OperationalError) as ei:
+            b.execute("SELECT 1")
+        _assert_pool_timeout(ei.value, p)
+        # FATAL: B's session is over
+        assert b.closed or b.info.status == psycopg.pq.ConnStatus.BAD
+        # A is still in its transaction and unaffected
+        assert a.execute("SELECT 2").fetchone()[0] == 2
+        a.execute("COMMIT")
+        with ps.psycopg_connect(p, db) as c:
+            assert c.execute("SELECT 3").fetchone()[0] == 3
+        assert a.execute("SELECT 4").fetchone()[0] == 4
+
+
+@pytest.mark.timeout_s(120)
+def test_pool_waiter_served_when_connection_frees(make_proxy, db):
+    """A waiting client is served as soon as the holder commits (it does not fail)."""
+    p = make_proxy(extra=ps.pool_extra(size=1, max_client_wait_seconds=60))
+    a = ps.psycopg_connect(p, db)
+    b = ps.psycopg_connect(p, db)
+    with ps.closing_all([a, b]):
+        a.execute("BEGIN")
+        apid, a_start = a.execute("SELECT pg_backend_pid(), now()").fetchone()
+        sent = threading.Event()
+
+        def b_query():
+            sent.set()
+            return b.execute("SELECT pg_backend_pid(), now()").fetchone()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(b_query)
+            assert sent.wait(10)
+            assert a.execute("SELECT 2").fetchone()[0] == 2
+            a.execute("COMMIT")
+            bpid, b_start = fut.result(timeout=30)
+        # same (only) backend, but not inside A's transaction
+        assert bpid == apid
+        assert b_start != a_start, "B's statement ran inside A's transaction" + proxy_info(p)
+
+
+@pytest.mark.timeout_s(120)
+def test_tenant_max_connections(make_pool_tproxy):
+    p = make_pool_tproxy(size=4, tenant_max_connections=1, max_client_wait_seconds=2)
+    a1 = ps.tconnect(p, "alice")
+    a2 = ps.tconnect(p, "alice2")     # same tenant (acme), another user
+    b = ps.tconnect(p, "bob")         # globex
+    with ps.closing_all([a1, a2, b]):
+        a1.execute("BEGIN")
+        assert a1.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ts.ACME
+        # another tenant is served while acme's one connection is lent
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(lambda: a2.execute("SELECT 1").fetchone())
+            for _ in range(3):
+                with b.transaction():
+                    assert b.execute("SELECT current_setting('nile.tenant_id')"
+                                     ).fetchone()[0] == ts.GLOBEX
+            with pytest.raises(psycopg.OperationalError) as ei:
+                fut.result(timeout=30)
+        _assert_pool_timeout(ei.value, p)
+        a1.execute("COMMIT")
+        with ps.tconnect(p, "carol") as c:   # acme again, now free
+            assert c.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ts.ACME
+        assert a1.execute("SELECT 1").fetchone()[0] == 1
+
+
+@pytest.mark.timeout_s(120)
+def test_tenant_max_clients(make_pool_tproxy):
+    p = make_pool_tproxy(size=4, tenant_max_clients=2)
+    a1 = ps.tconnect(p, "alice")
+    a2 = ps.tconnect(p, "carol")
+    with ps.closing_all([a1, a2]):
+        fields = ts.connect_error(p, "alice2", password=ps.password_of("alice2"))
+        assert fields.get("C") == "53300", fields
+        assert fields.get("S") == "FATAL", fields
+        assert "too many connections for this tenant" in fields.get("M", ""), fields
+        # another tenant is not affected
+        with ps.tconnect(p, "bob") as b, ps.tconnect(p, "star.globex") as b2, \
+                ps.tconnect(p, "star.umbrella") as u:
+            for c in (b, b2, u):
+                assert c.execute("SELECT 1").fetchone()[0] == 1
+        # the first two still work; after one leaves, a new acme client gets in
+        assert a1.execute("SELECT 1").fetchone()[0] == 1
+        a2.close()
+
+        def third_gets_in():
+            return ts.try_connect(p, "alice2", password=ps.password_of("alice2")) is None
+        ps.wait_until(third_gets_in, 15, "a new acme client to be admitted")
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. upstream broken: restart, terminated backends
+
+class Looper(threading.Thread):
+    """A client that runs transactions until stopped, reconnecting after errors."""
+
+    def __init__(self, p, dbname: str, i: int, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.p, self.dbname, self.i, self.stop = p, dbname, i, stop
+        self.phase = "before"
+        self.ok: dict[str, int] = {}
+        self.errors: list[tuple[str, str | None, str]] = []   # (phase, sqlstate, text)
+        self.lock = threading.Lock()
+        self.n = 0
+
+    def count_ok(self, phase):
+        with self.lock:
+            return self.ok.get(phase, 0)
+
+    def count_errors(self, phase):
+        with self.lock:
+            return sum(1 for e in self.errors if e[0] == phase)
+
+    def run(self):
+        conn = None
+        while not self.stop.is_set():
+            phase = self.phase
+            try:
+                if conn is None or conn.closed:
+                    conn = ps.psycopg_connect(self.p, self.dbname, connect_timeout=5)
+                self.n += 1
+                with conn.transaction():
+                    conn.execute("INSERT INTO ticks VALUES (%s, %s)", (self.i, self.n))
+                    got = conn.execute("SELECT count(*) FROM ticks WHERE client = %s AND n = %s",
+                                       (self.i, self.n)).fetchone()[0]
+                    assert got == 1
+                with self.lock:
+                    self.ok[phase] = self.ok.get(phase, 0) + 1
+            except psycopg.Error as exc:
+                with self.lock:   # the phase when the error arrived (the outage may start mid-way)
+                    self.errors.append((self.phase, ps.sqlstate_of(exc), str(exc)[:200]))
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                conn = None
+                self.stop.wait(0.05)   # back-off between attempts, not synchronization
+        if conn is not None:
+            conn.close()
+
+
+@pytest.mark.timeout_s(240)
+def test_upstream_restart_mid_run(make_proxy, private_pg):
+    p = make_proxy(pg_server=private_pg, extra=ps.pool_extra(size=3))
+    with ps.psycopg_connect(p, "app") as c:   # (also primes the pool)
+        c.execute("CREATE TABLE ticks (client int, n int)")
+    stop = threading.Event()
+    loopers = [Looper(p, "app", i, stop) for i in range(6)]
+    for lp in loopers:
+        lp.start()
+    try:
+        ps.wait_until(lambda: all(lp.count_ok("before") >= 5 for lp in loopers), 60,
+                      "every client to run transactions")
+        for lp in loopers:
+            lp.phase = "outage"
+        private_pg.stop("fast")
+        ps.wait_until(lambda: all(lp.count_errors("outage") >= 1 for lp in loopers), 60,
+                      "every client to see an error during the outage")
+        private_pg.start()
+        for lp in loopers:
+            lp.phase = "after"
+        try:
+            ps.wait_until(lambda: all(lp.count_ok("after") >= 5 for lp in loopers), 90,
+                          "every client to run transactions again after the restart")
+        except AssertionError as exc:
+            report = "\n".join(f"client {lp.i}: ok={lp.ok} last errors={lp.errors[-2:]}"
+                               for lp in loopers)
+            raise AssertionError(f"{exc}\n{report}" + proxy_info(p)) from None
+    finally:
+        stop.set()
+        for lp in loopers:
+            lp.join(timeout=30)
+    assert p.alive(), "the proxy died" + proxy_info(p)
+    errors = [e for lp in loopers for e in lp.errors]
+    before_errors = [e for e in errors if e[0] == "before"]
+    assert not before_errors, before_errors[:5]
+    states = {e[1] for e in errors if e[0] == "outage"}
+    # what a client may see while Postgres is down or shutting down
+    acceptable = {"08006", "57P01", "08001", "08003", "08P01", "57P03", "53300", None}
+    assert states <= acceptable, (sorted(states, key=str),
+                                  [e for e in errors if e[1] not in acceptable][:5])
+    # through the same proxy process, a new client works
+    with ps.psycopg_connect(p, "app") as c:
+        assert c.execute("SELECT count(*) > 0 FROM ticks").fetchone()[0] is True
+    assert ps.backend_count(private_pg, UPSTREAM_ROLE, "app") <= 3
+
+
+@pytest.mark.timeout_s(120)
+def test_terminated_idle_backends_are_replaced(make_proxy, pg, db):
+    p = make_proxy(extra=ps.pool_extra(size=3))
+    clients = [ps.psycopg_connect(p, db) for _ in range(3)]
+    with ps.closing_all(clients):
+        # open all three upstream connections: three transactions at once
+        for c in clients:
+            c.execute("BEGIN")
+            c.execute("SELECT 1")
+        pids = {c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in clients}
+        assert len(pids) == 3
+        for c in clients:
+            c.execute("COMMIT")
+        assert ps.backend_pids(pg, UPSTREAM_ROLE, db) == pids
+        # kill them while idle in the pool
+        pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s "
+               "AND datname = %s", (UPSTREAM_ROLE, db))
+        ps.wait_until(lambda: ps.backend_count(pg, UPSTREAM_ROLE, db) == 0, 30,
+                      "terminated backends to be gone")
+        # the clients' next transactions run on new connections
+        new_pids = set()
+        for n in range(3):
+            for c in clients:
+                with c.transaction():
+                    new_pids.add(c.execute("SELECT pg_backend_pid()").fetchone()[0])
+                assert c.execute("SELECT %s::int", (n,)).fetchone()[0] == n
+        assert new_pids and not (new_pids & pids)
+        with ps.psycopg_connect(p, db) as d:
+            assert d.execute("SELECT 1").fetchone()[0] == 1
+        assert ps.backend_count(pg, UPSTREAM_ROLE, db) <= 3
+    assert p.alive()
+
+
+@pytest.mark.timeout_s(120)
+def test_backend_terminated_mid_transaction(make_proxy, pg, db):
+    """A client whose transaction's backend dies gets an error; its next transaction works."""
+    p = make_proxy(extra=ps.pool_extra(size=2))
+    with ps.psycopg_connect(p, db) as c:
+        c.execute("BEGIN")
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pg.sql("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("SELECT 1")
+        assert ps.sqlstate_of(ei.value) in ("57P01", "08006", None), ei.value
+    with ps.psycopg_connect(p, db) as d:
+        for _ in range(3):
+            with d.transaction():
+                assert d.execute("SELECT pg_backend_pid()").fetchone()[0] != pid
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. idle timeout
+
+
+@pytest.mark.timeout_s(120)
+def test_idle_upstream_connections_closed(make_proxy, pg, db):
+    p = make_proxy(extra=ps.pool_extra(size=3, idle_timeout_seconds=1))
+    clients = [ps.psycopg_connect(p, db) for _ in range(3)]
+    with ps.closing_all(clients):
+        for c in clients:
+            c.execute("BEGIN")
+            c.execute("SELECT 1")
+        assert ps.backend_count(pg, UPSTREAM_ROLE, db) == 3
+        for c in clients:
+            c.execute("COMMIT")
+        # the clients stay connected; their upstream connections go away
+        ps.wait_until(lambda: ps.backend_count(pg, UPSTREAM_ROLE, db) == 0, 30,
+                      "idle upstream connections to be closed")
+        for c in clients:
+            with c.transaction():
+                assert c.execute("SELECT 5").fetchone()[0] == 5
+        ps.wait_until(lambda: ps.backend_count(pg, UPSTREAM_ROLE, db) == 0, 30,
+                      "idle upstream connections to be closed again")
