@@ -21,6 +21,9 @@ public struct SCRAMClientExchange: Sendable {
     private let clientFirstBare: String
     /// ServerSignature expected in the server-final-message, known once the server-first arrives.
     private var expectedServerSignature: [UInt8]?
+    /// Derives SaltedPassword for (salt, iterations); the caller may cache it, since a server
+    /// keeps its salt, so that each new upstream connection does not pay for PBKDF2 again.
+    public var saltedPasswordProvider: ((_ salt: [UInt8], _ iterations: Int, _ derive: () -> [UInt8]) -> [UInt8])?
 
     /// Creates an exchange for `password`.
     /// - Parameters:
@@ -124,7 +127,9 @@ public struct SCRAMClientExchange: Sendable {
         let clientFinalWithoutProof = "c=\(SCRAMBase64.encode(cbindInput)),r=\(nonce)"
         let authMessage = Array("\(clientFirstBare),\(text),\(clientFinalWithoutProof)".utf8)
 
-        let salted = SCRAMPrimitives.saltedPassword(password, salt: salt, iterations: iterations)
+        let password = self.password
+        let derive = { SCRAMPrimitives.saltedPassword(password, salt: salt, iterations: iterations) }
+        let salted = saltedPasswordProvider?(salt, iterations, derive) ?? derive()
         let clientKey = SCRAMPrimitives.clientKey(saltedPassword: salted)
         let storedKey = SCRAMPrimitives.sha256(clientKey)
         let clientSignature = SCRAMPrimitives.hmac(key: storedKey, authMessage)

@@ -19,27 +19,7 @@ struct RunCommand: ParsableCommand {
     var config: String = "proxy.conf"
 
     func run() throws {
-        let proxyConfig: ProxyConfig
-        let map: TenantMap
-        do {
-            proxyConfig = try ProxyConfig.load(path: config)
-            map = try TenantMap.load(path: proxyConfig.tenancy.mapFile)
-        } catch let error as ConfigError {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(2)
-        }
-        let logger = ProxyLogging.makeLogger(level: proxyConfig.log.level)
-        let server = ProxyServer(runtime: ProxyRuntime(config: proxyConfig, map: map, logger: logger))
-        do {
-            try server.runtime.prepareSecurity()
-        } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(2)
-        }
-        try server.start()
-        let signals = server.installSignalHandlers()
-        server.waitUntilStopped()
-        withExtendedLifetime(signals) {}
+        try ProxyServer.run(configPath: config)
     }
 }
 

@@ -157,29 +157,17 @@ struct DemoCommand: ParsableCommand {
     }
 
     private func runProxy(configPath: String, state: DemoState) throws {
-        let config = try ProxyConfig.load(path: configPath)
-        let map = try TenantMap.load(path: config.tenancy.mapFile)
-        let logger = ProxyLogging.makeLogger(level: config.log.level)
-        let server = ProxyServer(runtime: ProxyRuntime(config: config, map: map, logger: logger))
-        do {
-            try server.runtime.prepareSecurity()
-        } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(2)
+        try ProxyServer.run(configPath: configPath) {
+            print("")
+            print("tenant-proxy demo is listening on 127.0.0.1:\(port). Connect with:")
+            print("  PGPASSWORD=alice-demo psql -h 127.0.0.1 -p \(port) -U alice acme    # pinned user, tenant acme (by database name)")
+            print("  PGPASSWORD=bob-demo psql -h 127.0.0.1 -p \(port) -U bob.globex demo # pinned user, tenant globex (by user suffix)")
+            print("  PGPASSWORD=app-demo psql -h 127.0.0.1 -p \(port) -U app demo        # switch: SET nile.tenant_id = '<id>'")
+            print("  PGPASSWORD=admin-demo psql -h 127.0.0.1 -p \(port) -U admin demo    # global: every tenant, migrations")
+            print("Then: SELECT * FROM todos;  (acme = \(DemoState.acmeID), globex = \(DemoState.globexID))")
+            print("Config: \(configPath). Press Ctrl-C to stop the proxy and the demo PostgreSQL.")
+            fflush(stdout)
         }
-        try server.start()
-        let signals = server.installSignalHandlers()
-        print("")
-        print("tenant-proxy demo is listening on 127.0.0.1:\(port). Connect with:")
-        print("  PGPASSWORD=alice-demo psql -h 127.0.0.1 -p \(port) -U alice acme    # pinned user, tenant acme (by database name)")
-        print("  PGPASSWORD=bob-demo psql -h 127.0.0.1 -p \(port) -U bob.globex demo # pinned user, tenant globex (by user suffix)")
-        print("  PGPASSWORD=app-demo psql -h 127.0.0.1 -p \(port) -U app demo        # switch: SET nile.tenant_id = '<id>'")
-        print("  PGPASSWORD=admin-demo psql -h 127.0.0.1 -p \(port) -U admin demo    # global: every tenant, migrations")
-        print("Then: SELECT * FROM todos;  (acme = \(DemoState.acmeID), globex = \(DemoState.globexID))")
-        print("Config: \(configPath). Press Ctrl-C to stop the proxy and the demo PostgreSQL.")
-        fflush(stdout)
-        server.waitUntilStopped()
-        withExtendedLifetime(signals) {}
     }
 }
 

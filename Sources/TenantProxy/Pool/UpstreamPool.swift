@@ -205,7 +205,9 @@ final class UpstreamPool {
     private func open(key: PoolKey, completion: @escaping Completion) {
         let config = runtime.config.upstream
         let password = key.user == config.user ? config.password : config.globalPassword
-        let login = PoolLogin(key: key, machine: UpstreamStartupMachine(user: key.user, password: password))
+        var machine = UpstreamStartupMachine(user: key.user, password: password)
+        machine.keyCache = runtime.scramKeys
+        let login = PoolLogin(key: key, machine: machine)
         let loginID = ObjectIdentifier(login)
         logins[loginID] = login
         login.completion = { [self] result in

@@ -14,6 +14,7 @@ final class ProxyRuntime: @unchecked Sendable {
     let mockSecret: [UInt8]
 
     let throttle: LoginThrottle
+    let scramKeys = SCRAMKeyCache()
     /// Set once at start, before the listener accepts anyone.
     private(set) var jwtVerifier: JWTVerifier?
 

@@ -1,4 +1,6 @@
+import ArgumentParser
 import Dispatch
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -63,6 +65,33 @@ final class ProxyServer: @unchecked Sendable {
                 done.succeed(())
             }
         }
+    }
+
+    /// The whole life of a proxy process: load the config and tenant map, prepare TLS and JWT
+    /// keys, listen, handle signals, and return once SIGTERM/SIGINT has drained the sessions.
+    /// `ready` runs once the listener is up. Problems with the configuration exit with code 2.
+    static func run(configPath: String, ready: () -> Void = {}) throws {
+        let config: ProxyConfig
+        let map: TenantMap
+        do {
+            config = try ProxyConfig.load(path: configPath)
+            map = try TenantMap.load(path: config.tenancy.mapFile)
+        } catch let error as ConfigError {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let server = ProxyServer(runtime: ProxyRuntime(config: config, map: map, logger: ProxyLogging.makeLogger(level: config.log.level)))
+        do {
+            try server.runtime.prepareSecurity()
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        try server.start()
+        let signals = server.installSignalHandlers()
+        ready()
+        server.waitUntilStopped()
+        withExtendedLifetime(signals) {}
     }
 
     /// Blocks until `shutdown()` has finished draining, then stops the event loops.

@@ -87,7 +87,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Client messages are not relayed while the proxy runs its own query or waits for a connection.
     private var clientPaused = false
     private var injection: Injection?
-    private var cycleNotes = CircularBuffer<CycleNote>(initialCapacity: 4)
+    private var cycleNotes: [CycleNote] = []  // an empty array allocates nothing: idle sessions stay small
     /// A Parse was refused: drop the client's messages up to its Sync, then answer with the error.
     private var refusedBatch: ErrorResponse?
     /// The refusal already went out (nothing of the batch was pending upstream): the Sync only
@@ -99,7 +99,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Extended-protocol messages were sent since the last Sync: the connection is not free.
     private var extendedOpen = false
     /// ParseComplete replies to swallow: true for a Parse the proxy added (re-prepare).
-    private var parseOrigins = CircularBuffer<Bool>(initialCapacity: 4)
+    private var parseOrigins: [Bool] = []
     private var prepared: PreparedStatements?
     /// Session settings the client asked for (startup parameters and options, and tracked
     /// parameters it SET later), restored on every borrowed connection. Lower-case names.
@@ -459,6 +459,7 @@ final class ClientSession: UpstreamConnectionOwner {
             parameters.removeValue(forKey: key)
         }
         upstreamMachine = UpstreamStartupMachine(user: role.user, password: role.password)
+        upstreamMachine?.keyCache = runtime.scramKeys
         let upstreamStartup = StartupMessage(parameters: parameters)
         let handler = UpstreamConnectionHandler()
         handler.loginOwner = self
@@ -1266,7 +1267,7 @@ final class ClientSession: UpstreamConnectionOwner {
             guard phase == .relaying else { continue }
             switch frame.type {
             case BackendMessageID.parseComplete.rawValue:
-                if parseOrigins.popFirst() == true {
+                if !parseOrigins.isEmpty, parseOrigins.removeFirst() {
                     // Reply to a Parse the proxy added to re-prepare a statement: not the client's.
                     emitRun(upTo: frameStart)
                     runStart = frameEnd
@@ -1326,7 +1327,7 @@ final class ClientSession: UpstreamConnectionOwner {
             .flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
         parseOrigins.removeAll()
-        return cycleNotes.popFirst() ?? .plain
+        return cycleNotes.isEmpty ? .plain : cycleNotes.removeFirst()
     }
 
     /// After RESET ALL / DISCARD ALL ran: the context (and in transaction mode the settings) again,

@@ -31,6 +31,9 @@ struct UpstreamStartupMachine {
 
     static let relayedStartupErrors: Set<String> = ["3D000", "57P03", "57P01"]
 
+    /// Cache of SaltedPassword per (role, salt, iterations), shared by the whole proxy.
+    var keyCache: SCRAMKeyCache?
+
     init(user: String, password: String?) {
         self.user = user
         self.password = password
@@ -71,6 +74,12 @@ struct UpstreamStartupMachine {
             }
             guard let password else { return missingPassword() }
             var exchange = SCRAMClientExchange(password: password)
+            if let keyCache {
+                let user = self.user
+                exchange.saltedPasswordProvider = { salt, iterations, derive in
+                    keyCache.saltedPassword(user: user, salt: salt, iterations: iterations, derive: derive)
+                }
+            }
             let first = exchange.clientFirstMessage()
             state = .scram(exchange)
             return .send(.saslInitialResponse(SASLInitialResponse(mechanism: "SCRAM-SHA-256", initialResponse: first)))
