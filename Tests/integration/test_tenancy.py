@@ -911,3 +911,42 @@ def test_audit_reports_a_weakened_proxy_role(make_tproxy, tcluster):
         assert "TEMP" in r.stdout and "tenant_proxy" in r.stdout, r.stdout
     finally:
         tcluster.drop_database(dbname)
+
+
+# ---------------------------------------------------------------------------------------------
+# isolation = schema and isolation = database
+
+
+@pytest.mark.parametrize("pooling", ["session", "transaction"])
+def test_schema_and_database_isolation(make_tproxy, tcluster, expected, pooling):
+    """isolation = schema: the tenant setting and search_path = "<schema>", public;
+    isolation = database: the client is routed to the tenant's own upstream database."""
+    own_db = f"globex_own_{pooling}"
+    tcluster.create_app_database(own_db)
+    try:
+        with tcluster.su(ts.APP_DB) as c:
+            c.execute("CREATE SCHEMA IF NOT EXISTS acme_s")
+            c.execute("CREATE TABLE IF NOT EXISTS acme_s.notes (body text)")
+            c.execute("TRUNCATE acme_s.notes")
+            c.execute("INSERT INTO acme_s.notes VALUES ('in acme_s')")
+            c.execute(f"GRANT USAGE ON SCHEMA acme_s TO {ts.PROXY_ROLE}")
+            c.execute(f"GRANT SELECT ON acme_s.notes TO {ts.PROXY_ROLE}")
+        tenants = {name: dict(t) for name, t in ts.TENANTS.items()}
+        tenants["acme"].update({"isolation": "schema", "schema": "acme_s"})
+        tenants["globex"].update({"isolation": "database", "database": own_db})
+        p = make_tproxy(ts.render_map(tenants, ts.USERS), extra={"pool": {"mode": pooling, "size": 2}})
+        for _ in range(2):  # twice: in transaction mode the second runs on a lent connection
+            with ts.connect(p, "alice", dbname="acme") as c:
+                assert c.execute("SHOW search_path").fetchone()[0] == "acme_s, public"
+                assert c.execute("SELECT body FROM notes").fetchall() == [("in acme_s",)]
+                assert session_state(c)["todo_tenants"] == {ACME}
+            with ts.connect(p, "bob", dbname="globex") as c:
+                assert c.execute("SELECT current_database()").fetchone()[0] == own_db
+                state = session_state(c)
+                assert state["tenant_id"] == GLOBEX and state["todo_tenants"] == {GLOBEX}
+            with ts.connect(p, "gina") as c:
+                # a global user is on the default database and search_path
+                assert c.execute("SELECT current_database()").fetchone()[0] == ts.APP_DB
+                assert c.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+    finally:
+        tcluster.drop_database(own_db)
