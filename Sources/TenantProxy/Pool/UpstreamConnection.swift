@@ -33,6 +33,10 @@ final class UpstreamConnection {
     /// Protocol-level prepared statements present on this connection (proxy names).
     var preparedStatements: Set<String> = []
     var lastReleased: NIODeadline = .now()
+    /// The borrower whose settings the connection carries, and their version (see ClientSession).
+    var settingsStamp: (owner: Int64, version: Int)?
+    /// Last autoRead value set on the channel.
+    var reading = true
     /// Set when the connection must not be lent again (error mid-protocol, failed context).
     var broken = false
     weak var owner: UpstreamConnectionOwner?

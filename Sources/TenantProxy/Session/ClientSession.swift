@@ -104,6 +104,14 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Session settings the client asked for (startup parameters and options, and tracked
     /// parameters it SET later), restored on every borrowed connection. Lower-case names.
     private var desiredSettings: [String: String] = [:]
+    /// Changes whenever desiredSettings does; a connection stamped with it needs no diff.
+    private var settingsVersion = 0
+    /// This session's BackendKeyData as one number: 62 random bits, so a stamp left by a closed
+    /// session is never mistaken for a new one's (an object address could be reused).
+    private var sessionIdentity: Int64 {
+        guard let key = proxyKey else { return 0 }
+        return Int64(key.processID) << 32 | Int64(UInt32(bitPattern: key.secretKey))
+    }
     private var startupParameters: [ParameterStatus] = []
 
     /// Set by the channel handler: puts TLS in front of this connection (false if it cannot).
@@ -154,6 +162,21 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private var upstream: Channel? { connection?.channel }
+    /// What was last asked of the client channel's autoRead: setOption is not free (a future
+    /// per call), so only changes go to the channel.
+    private var clientReading = true
+
+    private func setClientReading(_ reading: Bool) {
+        guard reading != clientReading else { return }
+        clientReading = reading
+        client.setOption(ChannelOptions.autoRead, value: reading).whenFailure { _ in }
+    }
+
+    private func setUpstreamReading(_ reading: Bool) {
+        guard let connection, reading != connection.reading else { return }
+        connection.reading = reading
+        connection.channel.setOption(ChannelOptions.autoRead, value: reading).whenFailure { _ in }
+    }
     private var awaitingReply: Bool { !cycleNotes.isEmpty || injection != nil || extendedOpen }
 
     // MARK: - Client side events
@@ -187,7 +210,7 @@ final class ClientSession: UpstreamConnectionOwner {
             clientPending = buffer
             if phase != .relaying || clientPaused {
                 // Held bytes stay bounded: stop reading until they can go.
-                client.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+                setClientReading(false)
             }
         }
     }
@@ -196,7 +219,7 @@ final class ClientSession: UpstreamConnectionOwner {
     private func resumeClient() {
         guard phase == .relaying else { return }
         clientPaused = false
-        client.setOption(ChannelOptions.autoRead, value: upstream?.isWritable ?? true).whenFailure { _ in }
+        setClientReading(upstream?.isWritable ?? true)
         if var held = clientPending {
             clientPending = nil
             processClientBytes(&held)
@@ -216,7 +239,7 @@ final class ClientSession: UpstreamConnectionOwner {
 
     func clientWritabilityChanged() {
         // Backpressure: stop reading the upstream while the client cannot take more bytes.
-        upstream?.setOption(ChannelOptions.autoRead, value: client.isWritable).whenFailure { _ in }
+        setUpstreamReading(client.isWritable)
     }
 
     // MARK: - TLS
@@ -339,7 +362,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let delay = runtime.config.auth.failureDelayMilliseconds
         guard delay > 0, error.sqlState.hasPrefix("28") else { return fail(error) }
         refusing = true
-        client.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
+        setClientReading(false)
         client.eventLoop.scheduleTask(in: .milliseconds(Int64(delay))) { [self] in
             refusing = false
             fail(error)
@@ -593,9 +616,10 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         logger.trace("borrowing", metadata: ["waiting": "\(pool.waitingCount)", "idle": "\(pool.idleCount)", "open": "\(pool.openCount)"])
         clientPaused = true
-        client.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in }
         let context = wantedContext ?? ""
-        waiterID = pool.acquire(key: poolKey, context: context, tenant: tenantLease) { [self] result in
+        var answered = false
+        let id = pool.acquire(key: poolKey, context: context, tenant: tenantLease) { [self] result in
+            answered = true
             waiterID = nil
             switch result {
             case .success(let borrowed):
@@ -606,12 +630,18 @@ final class ClientSession: UpstreamConnectionOwner {
                 borrowed.owner = self
                 connection = borrowed
                 setCancelTarget()
-                upstream?.setOption(ChannelOptions.autoRead, value: client.isWritable).whenFailure { _ in }
+                setUpstreamReading(client.isWritable)
                 attached()
             case .failure(let error):
                 logger.warning("no upstream connection", metadata: ["sqlstate": "\(error.sqlState)"])
                 fail(error)
             }
+        }
+        // The pool may answer at once (an idle connection); only a real wait is recorded, and
+        // meanwhile what the client sends is held (bounded: reading stops).
+        if !answered {
+            waiterID = id
+            setClientReading(false)
         }
     }
 
@@ -648,6 +678,11 @@ final class ClientSession: UpstreamConnectionOwner {
             if !wanted.isEmpty { queries.append(wanted) }
             connection.context = wanted
         }
+        // The connection still carries exactly this client's settings: nothing to compare.
+        if let stamp = connection.settingsStamp, stamp.owner == sessionIdentity, stamp.version == settingsVersion,
+           connection.preparedStatements.count <= 500 {
+            return queries
+        }
         var sets: [String] = []
         for (name, value) in desiredSettings.sorted(by: { $0.key < $1.key }) where connection.applied[name] != value {
             guard ContextInjector.isSafeSettingName(name) else { continue }
@@ -660,6 +695,7 @@ final class ClientSession: UpstreamConnectionOwner {
             connection.applied.removeValue(forKey: name)
         }
         if !sets.isEmpty { queries.append(sets.joined(separator: "; ")) }
+        connection.settingsStamp = (sessionIdentity, settingsVersion)
         if connection.preparedStatements.count > 500 {
             queries.append("DEALLOCATE ALL")
             connection.preparedStatements.removeAll()
@@ -928,6 +964,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 verdict.reapplyContextAfter = false
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
+                connection?.settingsStamp = nil
                 cycleNotes.append(.reapply)
                 return .pauseAfter
             }
@@ -981,6 +1018,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 reapplyAfterSync = false
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
+                connection?.settingsStamp = nil
                 cycleNotes.append(.reapply)
                 return .pauseAfter
             }
@@ -1245,7 +1283,7 @@ final class ClientSession: UpstreamConnectionOwner {
 
     func upstreamWritabilityChanged() {
         guard let upstream, phase == .relaying, !clientPaused else { return }
-        client.setOption(ChannelOptions.autoRead, value: upstream.isWritable).whenFailure { _ in }
+        setClientReading(upstream.isWritable)
     }
 
     private func relayUpstreamMessages(_ buffer: inout ByteBuffer) throws {
@@ -1277,9 +1315,11 @@ final class ClientSession: UpstreamConnectionOwner {
                 if let status = try? ParameterStatus.decode(payload: &payload) {
                     connection?.parameters[status.name] = status.value
                     let name = status.name.lowercased()
-                    if Self.trackedParameters.contains(name) {
+                    if Self.trackedParameters.contains(name), desiredSettings[name] != status.value {
                         desiredSettings[name] = status.value
                         connection?.applied[name] = status.value
+                        settingsVersion += 1
+                        connection?.settingsStamp = (sessionIdentity, settingsVersion)
                     }
                 }
             case BackendMessageID.readyForQuery.rawValue:

@@ -153,6 +153,14 @@ struct TenantResolver {
             }
             return .lookup(uuid: uuid, binding)
         }
+        if user.mode == .pinned, user.tenants.count == 1, let only = map.tenant(named: user.tenants[0]) {
+            // Pinned to exactly one tenant in the map: that is the tenant, no identifier needed.
+            // A user pinned to several (or to "*") must name one.
+            guard only.status == .active else { return .refused(.tenantNotActive(user.tenants[0])) }
+            binding.tenant = only
+            if only.isolation == .database { binding.upstreamDatabase = only.database }
+            return .bound(binding)
+        }
         if user.mode == .pinned {
             return .refused(.tenantMissing(user: user.name, setting: settings.tenantSetting, separator: settings.userSeparator))
         }
