@@ -726,3 +726,20 @@ extension SQLLexer {
         }
     }
 }
+
+extension SQLLexer {
+    /// Reads `name(.name)*` starting with `first` (a setting or function name, each part in any
+    /// quoting), lower-cased; leaves the lexer after the name. Shared by both guards.
+    mutating func readQualifiedName(_ first: SQLToken) -> String? {
+        guard first.isIdentifierLike, var name = identifierValue(first) else { return nil }
+        while true {
+            var q = self
+            guard let dot = q.next(), case .punctuation(UInt8(ascii: ".")) = dot.kind,
+                  let part = q.next(), part.isIdentifierLike, let value = q.identifierValue(part) else { break }
+            name += "."
+            name += value
+            self = q
+        }
+        return GuardPolicy.asciiLowercased(name)
+    }
+}

@@ -272,16 +272,7 @@ private struct Scan {
 
     /// Reads `name(.name)*` starting with `first`; leaves `p` after the name.
     private func readName(_ first: SQLToken, _ p: inout SQLLexer) -> String? {
-        guard first.isIdentifierLike, var name = p.identifierValue(first) else { return nil }
-        while true {
-            var q = p
-            guard let dot = q.next(), case .punctuation(UInt8(ascii: ".")) = dot.kind,
-                  let part = q.next(), part.isIdentifierLike, let value = q.identifierValue(part) else { break }
-            name += "."
-            name += value
-            p = q
-        }
-        return GuardPolicy.asciiLowercased(name)
+        p.readQualifiedName(first)
     }
 
     /// After the SET keyword (the lexer is positioned after it).
