@@ -386,12 +386,21 @@ def toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return toml_str(str(v))
 
 
-def render_toml(sections: dict[str, dict]) -> str:
+def render_toml(sections: dict[str, dict | list]) -> str:
+    """sections: name -> keys, or name -> list of key dicts (an array of tables, [[name]])."""
     out = []
     for name, kv in sections.items():
+        if isinstance(kv, list):
+            for table in kv:
+                out.append(f"[[{name}]]")
+                out.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+                out.append("")
+            continue
         out.append(f"[{name}]")
         for k, v in kv.items():
             if v is None:

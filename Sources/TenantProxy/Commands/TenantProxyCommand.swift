@@ -33,7 +33,14 @@ struct CheckConfigCommand: ParsableCommand {
     func run() throws {
         do {
             let config = try ProxyConfig.load(path: file)
-            _ = try TenantMap.load(path: config.tenancy.mapFile)
+            let map = try TenantMap.load(path: config.tenancy.mapFile, clusters: Set(config.clusters.keys))
+            let missing = config.admin.users.filter { map[user: $0] == nil }
+            if !missing.isEmpty {
+                throw ConfigError(file: file, problems: missing.map {
+                    ConfigProblem(key: "admin.users", problem: "user \"\($0)\" is not in the tenant map",
+                                  fix: "add [users.\($0)] (mode = \"global\") to the tenant map, or remove it here")
+                })
+            }
         } catch let error as ConfigError {
             for problem in error.problems {
                 print("\(error.file): \(problem)")

@@ -10,6 +10,29 @@ struct ProxyConfig: Sendable {
         var maxClientConnections = 10_000
         var shutdownTimeoutSeconds = 30
         var eventLoopThreads = 0
+        /// SO_REUSEPORT on the listener: several instances share one port (rolling restarts).
+        var reusePort = false
+        /// 1-255 when several instances run (it is written into cancel keys); 0 = alone.
+        var instanceID = 0
+    }
+
+    /// Another instance behind the same address: cancel requests carrying its id go there.
+    struct Peer: Sendable, Equatable {
+        var instanceID: Int
+        var host: String
+        var port: Int
+    }
+
+    struct Metrics: Sendable {
+        var listenHost = "127.0.0.1"
+        /// 0: no metrics endpoint.
+        var listenPort = 0
+        var maxTenantLabels = 100
+    }
+
+    struct Admin: Sendable {
+        /// Tenant-map users allowed into the virtual database `proxy`.
+        var users: [String] = []
     }
 
     struct Auth: Sendable {
@@ -45,6 +68,8 @@ struct ProxyConfig: Sendable {
     }
 
     struct Upstream: Sendable {
+        /// "default" for [upstream], NAME for [clusters.NAME].
+        var name = "default"
         var host = "127.0.0.1"
         var port = 5432
         var user = "postgres"
@@ -75,6 +100,8 @@ struct ProxyConfig: Sendable {
 
     struct Log: Sendable {
         var level = "info"
+        /// "text" or "json" (one JSON object per line).
+        var format = "text"
     }
 
     var server = Server()
@@ -84,7 +111,18 @@ struct ProxyConfig: Sendable {
     var tls = TLS()
     var jwt: JWTSettings?
     var upstream = Upstream()
+    /// Every upstream cluster by name, "default" (= `upstream`) included.
+    var clusters: [String: Upstream] = ["default": Upstream()]
+    var peers: [Peer] = []
+    var metrics = Metrics()
+    var admin = Admin()
     var log = Log()
+
+    /// The cluster a tenant is placed on; unknown names (refused when the map loads) fall back
+    /// to the default cluster.
+    func cluster(_ name: String) -> Upstream {
+        clusters[name] ?? upstream
+    }
 
     static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 
@@ -129,6 +167,15 @@ struct ProxyConfig: Sendable {
             "server", "shutdown_timeout_seconds", default: config.server.shutdownTimeoutSeconds, range: 0...86_400)
         config.server.eventLoopThreads = reader.int(
             "server", "event_loop_threads", default: config.server.eventLoopThreads, range: 0...256)
+        config.server.reusePort = reader.bool("server", "reuse_port", default: false)
+        config.server.instanceID = reader.int("server", "instance_id", default: 0, range: 0...255)
+        config.peers = readPeers(reader: &reader, instanceID: config.server.instanceID)
+
+        config.metrics.listenHost = reader.string("metrics", "listen_host", default: config.metrics.listenHost)
+        config.metrics.listenPort = reader.int("metrics", "listen_port", default: 0, range: 0...65535)
+        config.metrics.maxTenantLabels = reader.int(
+            "metrics", "max_tenant_labels", default: config.metrics.maxTenantLabels, range: 0...100_000)
+        config.admin.users = reader.stringArray("admin", "users", default: [])
 
         config.auth.trustLoopback = reader.bool("auth", "trust_loopback", default: false)
         config.auth.failureDelayMilliseconds = reader.int("auth", "failure_delay_ms", default: 250, range: 0...60_000)
@@ -182,34 +229,17 @@ struct ProxyConfig: Sendable {
         config.tenancy.lookupCacheSeconds = reader.int(
             "tenancy", "lookup_cache_seconds", default: config.tenancy.lookupCacheSeconds, range: 0...86_400)
 
-        config.upstream.host = reader.string("upstream", "host", default: config.upstream.host)
-        config.upstream.port = reader.int("upstream", "port", default: config.upstream.port, range: 1...65535)
-        config.upstream.user = reader.string("upstream", "user", default: config.upstream.user)
-        config.upstream.database = reader.string("upstream", "database", default: "")
-        config.upstream.connectTimeoutSeconds = reader.int(
-            "upstream", "connect_timeout_seconds", default: config.upstream.connectTimeoutSeconds, range: 1...600)
-        config.upstream.password = SecretSource.read(
-            section: "upstream", key: "password", reader: &reader, baseDirectory: baseDirectory, environment: environment)
-        let upstreamTLS = reader.string("upstream", "tls", default: "prefer")
-        if let mode = UpstreamTLSMode(rawValue: upstreamTLS) {
-            config.upstream.tls = mode
-        } else {
-            reader.problem("upstream.tls", "must be disable, prefer, require or verify-full", fix: "tls = \"verify-full\"")
-        }
-        config.upstream.tlsCAFile = reader.optionalString("upstream", "tls_ca_file").map { $0.isEmpty ? "" : resolve($0, against: baseDirectory) } ?? ""
-        config.upstream.tlsServerName = reader.string("upstream", "tls_server_name", default: "")
-        if config.upstream.tls == .verifyFull, config.upstream.tlsCAFile.isEmpty {
-            reader.problem("upstream.tls_ca_file", "verify-full needs the CA that signed the server's certificate",
-                           fix: "set tls_ca_file = \"/path/to/ca.crt\"")
-        }
-        config.upstream.globalUser = reader.optionalString("upstream", "global_user")
-        config.upstream.globalPassword = SecretSource.read(
-            section: "upstream", key: "global_password", reader: &reader, baseDirectory: baseDirectory, environment: environment)
-        if config.upstream.host.isEmpty {
-            reader.problem("upstream.host", "must not be empty", fix: "set the address of the PostgreSQL server")
-        }
-        if config.upstream.user.isEmpty {
-            reader.problem("upstream.user", "must not be empty", fix: "set the role the proxy logs in as")
+        config.upstream = readUpstream(section: "upstream", name: "default", reader: &reader,
+                                       baseDirectory: baseDirectory, environment: environment)
+        config.clusters = ["default": config.upstream]
+        for name in reader.subsections("clusters") {
+            guard TenantIdentifier.isValid(name), !name.contains("."), name != "default" else {
+                reader.problem("clusters.\(name)", "is not a usable cluster name",
+                               fix: "use letters, digits, '-' and '_' (\"default\" is [upstream])")
+                continue
+            }
+            config.clusters[name] = readUpstream(section: "clusters.\(name)", name: name, reader: &reader,
+                                                 baseDirectory: baseDirectory, environment: environment)
         }
 
         let mode = reader.string("pool", "mode", default: "session")
@@ -232,11 +262,90 @@ struct ProxyConfig: Sendable {
             reader.problem("log.level", "unknown level \(config.log.level)", fix: "use one of \(logLevels.joined(separator: ", "))")
         }
 
+        config.log.format = reader.string("log", "format", default: "text").lowercased()
+        if !["text", "json"].contains(config.log.format) {
+            reader.problem("log.format", "must be text or json (got \(config.log.format))", fix: "format = \"json\"")
+        }
+
         reader.reportUnknownKeys()
         if !reader.problems.isEmpty {
             throw ConfigError(file: file, problems: reader.problems)
         }
         return config
+    }
+
+    /// One upstream cluster: `[upstream]` or a `[clusters.NAME]` section, same keys.
+    private static func readUpstream(
+        section: String,
+        name: String,
+        reader: inout TOMLSectionReader,
+        baseDirectory: String,
+        environment: [String: String]
+    ) -> Upstream {
+        var upstream = Upstream()
+        upstream.name = name
+        upstream.host = reader.string(section, "host", default: upstream.host)
+        upstream.port = reader.int(section, "port", default: upstream.port, range: 1...65535)
+        upstream.user = reader.string(section, "user", default: upstream.user)
+        upstream.database = reader.string(section, "database", default: "")
+        upstream.connectTimeoutSeconds = reader.int(
+            section, "connect_timeout_seconds", default: upstream.connectTimeoutSeconds, range: 1...600)
+        upstream.password = SecretSource.read(
+            section: section, key: "password", reader: &reader, baseDirectory: baseDirectory, environment: environment)
+        let tlsMode = reader.string(section, "tls", default: "prefer")
+        if let mode = UpstreamTLSMode(rawValue: tlsMode) {
+            upstream.tls = mode
+        } else {
+            reader.problem("\(section).tls", "must be disable, prefer, require or verify-full", fix: "tls = \"verify-full\"")
+        }
+        upstream.tlsCAFile = reader.optionalString(section, "tls_ca_file").map { $0.isEmpty ? "" : resolve($0, against: baseDirectory) } ?? ""
+        upstream.tlsServerName = reader.string(section, "tls_server_name", default: "")
+        if upstream.tls == .verifyFull, upstream.tlsCAFile.isEmpty {
+            reader.problem("\(section).tls_ca_file", "verify-full needs the CA that signed the server's certificate",
+                           fix: "set tls_ca_file = \"/path/to/ca.crt\"")
+        }
+        upstream.globalUser = reader.optionalString(section, "global_user")
+        upstream.globalPassword = SecretSource.read(
+            section: section, key: "global_password", reader: &reader, baseDirectory: baseDirectory, environment: environment)
+        if upstream.host.isEmpty {
+            reader.problem("\(section).host", "must not be empty", fix: "set the address of the PostgreSQL server")
+        }
+        if upstream.user.isEmpty {
+            reader.problem("\(section).user", "must not be empty", fix: "set the role the proxy logs in as")
+        }
+        return upstream
+    }
+
+    /// `[[peers]]`: the other instances, each with a distinct id.
+    private static func readPeers(reader: inout TOMLSectionReader, instanceID: Int) -> [Peer] {
+        guard let array = reader.rawArray("", "peers") else { return [] }
+        var peers: [Peer] = []
+        for (index, element) in array.enumerated() {
+            let key = "peers[\(index)]"
+            guard let table = element.table else {
+                reader.problem(key, "must be a table", fix: "write [[peers]] with instance_id, host and port")
+                continue
+            }
+            for field in table.keys where !["instance_id", "host", "port"].contains(field) {
+                reader.problem("\(key).\(field)", "unknown key", fix: "use instance_id, host and port")
+            }
+            guard let id = table["instance_id"]?.int, (1...255).contains(id), let host = table["host"]?.string, !host.isEmpty,
+                  let port = table["port"]?.int, (1...65535).contains(port) else {
+                reader.problem(key, "needs instance_id (1-255), host and port", fix: "instance_id = 2, host = \"10.0.0.2\", port = 6432")
+                continue
+            }
+            if id == instanceID || peers.contains(where: { $0.instanceID == id }) {
+                reader.problem("\(key).instance_id", "\(id) is used twice (or is this instance's own id)",
+                               fix: "give every instance its own server.instance_id and list the others as peers")
+                continue
+            }
+            peers.append(Peer(instanceID: id, host: host, port: port))
+        }
+        if !peers.isEmpty, instanceID == 0 {
+            reader.problem("server.instance_id", "peers are listed but this instance has no id",
+                           fix: "set instance_id = 1..255, different on every instance")
+        }
+        return peers
     }
 
     static func resolve(_ path: String, against base: String) -> String {

@@ -7,6 +7,8 @@ struct TOMLSectionReader {
     private(set) var problems: [ConfigProblem] = []
     /// Keys each section may hold; anything else is reported as unknown (usually a typo).
     private var known: [String: Set<String>] = [:]
+    /// Sections whose keys are themselves sections (`[clusters.NAME]`).
+    private var containers: Set<String> = []
 
     init(root: TOMLTable) {
         self.root = root
@@ -19,8 +21,29 @@ struct TOMLSectionReader {
     private mutating func value(_ section: String, _ key: String) -> TOMLValueConvertible? {
         known[section, default: []].insert(key)
         if section.isEmpty { return root[key] }
-        guard let table = root[section]?.table else { return nil }
+        guard let table = table(at: section) else { return nil }
         return table[key]
+    }
+
+    /// The table at a dotted section path ("upstream", "clusters.replica").
+    private func table(at section: String) -> TOMLTable? {
+        var table: TOMLTable? = root
+        for part in section.split(separator: ".", omittingEmptySubsequences: false) {
+            table = table?[String(part)]?.table
+        }
+        return table
+    }
+
+    /// The names of the tables under `section` (`[clusters.a]`, `[clusters.b]` → a, b); each is
+    /// then read as "section.name" and checked for unknown keys like any section.
+    mutating func subsections(_ section: String) -> [String] {
+        containers.insert(section)
+        guard let raw = root[section] else { return [] }
+        guard let table = raw.table else {
+            problem(section, "must be a table of tables", fix: "write [\(section).NAME] sections")
+            return []
+        }
+        return table.keys.sorted()
     }
 
     private static func dotted(_ section: String, _ key: String) -> String {
@@ -105,6 +128,19 @@ struct TOMLSectionReader {
     mutating func reportUnknownKeys() {
         for top in root.keys {
             let table = root[top]?.table
+            if containers.contains(top) {
+                for name in table?.keys ?? [] {
+                    guard let child = table?[name]?.table else {
+                        problem("\(top).\(name)", "must be a table", fix: "write [\(top).\(name)] and put its keys under it")
+                        continue
+                    }
+                    let allowed = known["\(top).\(name)"] ?? []
+                    for key in child.keys where !allowed.contains(key) {
+                        problem("\(top).\(name).\(key)", "unknown key", fix: "remove it or check the spelling against proxy.conf.example")
+                    }
+                }
+                continue
+            }
             if let allowed = known[top] {
                 guard let table else {
                     problem(top, "must be a table", fix: "write [\(top)] and put its keys under it")

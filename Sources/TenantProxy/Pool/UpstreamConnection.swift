@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import PGWire
 
@@ -10,8 +11,10 @@ protocol UpstreamConnectionOwner: AnyObject {
     func upstreamWritabilityChanged()
 }
 
-/// Which pool an upstream connection belongs to: the role it logged in as and its database.
+/// Which pool an upstream connection belongs to: the cluster it lives on, the role it logged in
+/// as and its database.
 struct PoolKey: Hashable, Sendable {
+    var cluster: String = "default"
     var user: String
     var database: String
 }
@@ -33,6 +36,12 @@ final class UpstreamConnection {
     /// Protocol-level prepared statements present on this connection (proxy names).
     var preparedStatements: Set<String> = []
     var lastReleased: NIODeadline = .now()
+    let openedAt = Date()
+    /// Where cancel requests for this connection go (the server's address).
+    var cancelHost = ""
+    var cancelPort = 0
+    /// The tenant of its last borrower (SHOW SERVERS).
+    var lastTenant: String?
     /// The borrower whose settings the connection carries, and their version (see ClientSession).
     var settingsStamp: (owner: Int64, version: Int)?
     /// Last autoRead value set on the channel.

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -19,11 +20,14 @@ final class UpstreamPool {
         var tenant: String?
         var completion: Completion
         var timeout: Scheduled<Void>?
+        var since: NIODeadline = .now()
     }
 
     let eventLoop: EventLoop
     private let runtime: ProxyRuntime
-    private let sizePerLoop: Int
+    private let loops: Int
+    private var sizePerLoop: Int
+    private var maxClientWaitSeconds: Int
     private var idle: [PoolKey: [UpstreamConnection]] = [:]
     /// Open plus connecting, per key.
     private var counts: [PoolKey: Int] = [:]
@@ -38,12 +42,27 @@ final class UpstreamPool {
     init(eventLoop: EventLoop, runtime: ProxyRuntime, loops: Int) {
         self.eventLoop = eventLoop
         self.runtime = runtime
-        self.sizePerLoop = max(1, (runtime.config.pool.size + loops - 1) / loops)
-        let idleTimeout = Int64(runtime.config.pool.idleTimeoutSeconds)
+        self.loops = loops
+        let config = runtime.config.pool
+        self.sizePerLoop = max(1, (config.size + loops - 1) / loops)
+        self.maxClientWaitSeconds = config.maxClientWaitSeconds
+        let idleTimeout = Int64(config.idleTimeoutSeconds)
         eventLoop.scheduleRepeatedTask(initialDelay: .seconds(min(idleTimeout, 10)), delay: .seconds(min(idleTimeout, 10))) {
             [weak self] _ in
             self?.closeIdle(olderThan: .seconds(idleTimeout))
         }
+    }
+
+    /// A reloaded [pool] section: new size and wait limit (connections over a smaller size close
+    /// as they come back idle).
+    func configure(_ config: ProxyConfig.Pool) {
+        sizePerLoop = max(1, (config.size + loops - 1) / loops)
+        maxClientWaitSeconds = config.maxClientWaitSeconds
+        for (key, list) in idle where counts[key, default: 0] > sizePerLoop {
+            let surplus = min(list.count, counts[key, default: 0] - sizePerLoop)
+            for connection in list.suffix(surplus) { discard(connection) }
+        }
+        serveWaiters()
     }
 
     var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
@@ -124,7 +143,7 @@ final class UpstreamPool {
 
     private func enqueue(_ waiter: Waiter) {
         var waiting = waiter
-        let seconds = Int64(runtime.config.pool.maxClientWaitSeconds)
+        let seconds = Int64(maxClientWaitSeconds)
         waiting.timeout = eventLoop.scheduleTask(in: .seconds(seconds)) { [weak self] in
             guard let self, let index = self.waiters.firstIndex(where: { $0.id == waiter.id }) else { return }
             let expired = self.waiters.remove(at: index)
@@ -199,15 +218,39 @@ final class UpstreamPool {
         }
     }
 
+    // MARK: - Admin views (on this loop)
+
+    struct PoolRow {
+        var key: PoolKey
+        var open: Int
+        var idle: Int
+        var waiting: Int
+        var oldestWaitSeconds: Double
+    }
+
+    func poolRows() -> [PoolRow] {
+        let now = NIODeadline.now()
+        var keys = Set(counts.keys)
+        keys.formUnion(waiters.map(\.key))
+        return keys.map { key in
+            let waiting = waiters.filter { $0.key == key }
+            let oldest = waiting.map(\.since).min().map { Double((now - $0).nanoseconds) / 1e9 } ?? 0
+            return PoolRow(key: key, open: counts[key, default: 0], idle: idle[key]?.count ?? 0, waiting: waiting.count,
+                           oldestWaitSeconds: oldest)
+        }
+    }
+
+    var idleConnections: [UpstreamConnection] { idle.values.flatMap { $0 } }
+
     // MARK: - Opening connections
 
     /// Logs a new connection in for `key` (already counted by the caller).
     private func open(key: PoolKey, completion: @escaping Completion) {
-        let config = runtime.config.upstream
+        let config = runtime.config.cluster(key.cluster)
         let password = key.user == config.user ? config.password : config.globalPassword
         var machine = UpstreamStartupMachine(user: key.user, password: password)
         machine.keyCache = runtime.scramKeys
-        let login = PoolLogin(key: key, machine: machine)
+        let login = PoolLogin(key: key, machine: machine, address: (config.host, config.port))
         let loginID = ObjectIdentifier(login)
         logins[loginID] = login
         login.completion = { [self] result in
@@ -245,14 +288,16 @@ private final class PoolLogin: UpstreamConnectionOwner {
     var machine: UpstreamStartupMachine
     var completion: UpstreamPool.Completion?
     var parameters: [ParameterStatus] = []
+    private let address: (host: String, port: Int)
     private var channel: Channel?
     private var handler: UpstreamConnectionHandler?
     private var decoder = PGBackendDecoder()
     private var pending: ByteBuffer?
 
-    init(key: PoolKey, machine: UpstreamStartupMachine) {
+    init(key: PoolKey, machine: UpstreamStartupMachine, address: (host: String, port: Int)) {
         self.key = key
         self.machine = machine
+        self.address = address
     }
 
     func start(channel: Channel, handler: UpstreamConnectionHandler) {
@@ -296,6 +341,8 @@ private final class PoolLogin: UpstreamConnectionOwner {
                     self.parameters = parameters
                     let connection = UpstreamConnection(channel: channel, key: self.key)
                     connection.backendKey = key
+                    connection.cancelHost = address.host
+                    connection.cancelPort = address.port
                     for parameter in parameters { connection.parameters[parameter.name] = parameter.value }
                     handler?.connection = connection
                     handler?.loginOwner = nil

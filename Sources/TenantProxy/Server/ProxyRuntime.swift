@@ -3,10 +3,12 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// What every session shares: configuration, the tenant map (replaced whole on reload), the cache
-/// of tenants looked up upstream, the session registry and the logger.
+/// What every session shares: configuration and tenant map (each replaced whole on reload), the
+/// cache of tenants looked up upstream, the session registry, pauses and suspensions set from the
+/// admin console, and the logger.
 final class ProxyRuntime: @unchecked Sendable {
-    let config: ProxyConfig
+    /// The file RELOAD reads again (nil when the runtime was built from a config in memory).
+    let configPath: String?
     let registry: SessionRegistry
     let logger: Logger
     let injector: ContextInjector
@@ -19,6 +21,7 @@ final class ProxyRuntime: @unchecked Sendable {
     private(set) var jwtVerifier: JWTVerifier?
 
     private let lock = NIOLock()
+    private var _config: ProxyConfig
     private var _tls = TLSContexts()
     private var _map: TenantMap
     private var _mapGeneration = 0
@@ -28,14 +31,25 @@ final class ProxyRuntime: @unchecked Sendable {
     private var tenantLeases: [String: Int] = [:]
     private var tenantClients: [String: Int] = [:]
     private var poolsBlockedOnTenants: [ObjectIdentifier: UpstreamPool] = [:]
+    /// Tenant ids suspended from the admin console (on top of the map's own status).
+    private var suspendedTenants: Set<String> = []
+    private var pauses: Set<PauseTarget> = []
+    private var pauseWaiters: [ObjectIdentifier: (loop: EventLoop, retry: () -> Void)] = [:]
     /// One pool per event loop; filled before the listener starts, read-only afterwards.
     private(set) var pools: [ObjectIdentifier: UpstreamPool] = [:]
+    /// Traffic totals per event loop, by tenant; filled with the pools.
+    private(set) var loopStats: [ObjectIdentifier: LoopStats] = [:]
+    private(set) var loops: [EventLoop] = []
+    /// Set by the server: what the admin console's SHUTDOWN and SIGTERM run.
+    var shutdownHandler: (() -> Void)?
+    let startedAt = Date()
 
-    init(config: ProxyConfig, map: TenantMap, logger: Logger) {
-        self.config = config
+    init(config: ProxyConfig, map: TenantMap, logger: Logger, configPath: String? = nil) {
+        self._config = config
+        self.configPath = configPath
         self._map = map
         self.logger = logger
-        self.registry = SessionRegistry(maxSessions: config.server.maxClientConnections)
+        self.registry = SessionRegistry(maxSessions: config.server.maxClientConnections, instanceID: config.server.instanceID)
         self.throttle = LoginThrottle(limit: config.auth.lockoutFailures, windowSeconds: config.auth.lockoutWindowSeconds,
                                       lockoutSeconds: config.auth.lockoutSeconds)
         self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)
@@ -45,6 +59,10 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     var map: TenantMap { lock.withLock { _map } }
+
+    /// The configuration in force; RELOAD replaces it whole (keys that need a restart keep
+    /// their old values). Read it once per decision, not per message.
+    var config: ProxyConfig { lock.withLock { _config } }
 
     var tls: TLSContexts { lock.withLock { _tls } }
 
@@ -85,13 +103,36 @@ final class ProxyRuntime: @unchecked Sendable {
 
     func makePools(for group: EventLoopGroup) {
         let loops = Array(group.makeIterator())
+        self.loops = loops
         for loop in loops {
             pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop, runtime: self, loops: loops.count)
+            loopStats[ObjectIdentifier(loop)] = LoopStats()
         }
     }
 
     func pool(for loop: EventLoop) -> UpstreamPool? {
         pools[ObjectIdentifier(loop)]
+    }
+
+    func stats(for loop: EventLoop) -> LoopStats? {
+        loopStats[ObjectIdentifier(loop)]
+    }
+
+    /// Runs `body` on every event loop (where loop-confined state may be read) and collects the
+    /// answers on `loop`, without blocking any loop.
+    func gather<T>(on loop: EventLoop, _ body: @escaping (EventLoop) -> T) -> EventLoopFuture<[T]> {
+        let futures = loops.map { other in other.submit { body(other) } }
+        return EventLoopFuture.whenAllSucceed(futures, on: loop)
+    }
+
+    /// Every session, grouped by the loop it lives on.
+    func sessionsByLoop() -> [ObjectIdentifier: [ClientSession]] {
+        Dictionary(grouping: registry.allSessions) { ObjectIdentifier($0.client.eventLoop) }
+    }
+
+    /// Upstream clusters as configured, "default" included.
+    func clusterNames() -> Set<String> {
+        Set(config.clusters.keys)
     }
 
     /// Counts one more upstream connection lent to `tenant`; false when at its limit (the pool
@@ -142,6 +183,65 @@ final class ProxyRuntime: @unchecked Sendable {
 
     // MARK: - Reload
 
+    /// Keys whose new value only takes effect after a restart (the old value stays meanwhile).
+    private static func restartOnlyChanges(from old: ProxyConfig, to new: ProxyConfig) -> [String] {
+        var keys: [String] = []
+        if old.server.listenHost != new.server.listenHost || old.server.listenPort != new.server.listenPort { keys.append("server.listen_*") }
+        if old.server.eventLoopThreads != new.server.eventLoopThreads { keys.append("server.event_loop_threads") }
+        if old.server.reusePort != new.server.reusePort { keys.append("server.reuse_port") }
+        if old.server.instanceID != new.server.instanceID { keys.append("server.instance_id") }
+        if old.server.maxClientConnections != new.server.maxClientConnections { keys.append("server.max_client_connections") }
+        if old.pool.mode != new.pool.mode { keys.append("pool.mode") }
+        if old.tenancy.tenantSetting != new.tenancy.tenantSetting || old.tenancy.userSetting != new.tenancy.userSetting {
+            keys.append("tenancy.*_setting")
+        }
+        if old.tenancy.mapFile != new.tenancy.mapFile { keys.append("tenancy.map_file") }
+        if old.metrics.listenHost != new.metrics.listenHost || old.metrics.listenPort != new.metrics.listenPort
+            || old.metrics.maxTenantLabels != new.metrics.maxTenantLabels { keys.append("metrics.*") }
+        if old.log.level != new.log.level || old.log.format != new.log.format { keys.append("log.*") }
+        if (old.jwt == nil) != (new.jwt == nil) { keys.append("jwt") }
+        return keys
+    }
+
+    /// RELOAD and SIGHUP: proxy.conf (when the runtime came from a file), the tenant map and the
+    /// TLS certificate. A bad file is reported and what is in force stays. Returns problems, if any.
+    @discardableResult
+    func reload() -> [String] {
+        var problems: [String] = []
+        if let configPath {
+            do {
+                var fresh = try ProxyConfig.load(path: configPath)
+                let old = config
+                let fixed = Self.restartOnlyChanges(from: old, to: fresh)
+                if !fixed.isEmpty {
+                    logger.warning("changed keys take effect after a restart", metadata: ["keys": "\(fixed.joined(separator: ", "))"])
+                    let server = fresh.server
+                    fresh.server = old.server
+                    fresh.server.maxMessageBytes = server.maxMessageBytes
+                    fresh.server.shutdownTimeoutSeconds = server.shutdownTimeoutSeconds
+                    fresh.pool.mode = old.pool.mode
+                    fresh.tenancy.tenantSetting = old.tenancy.tenantSetting
+                    fresh.tenancy.userSetting = old.tenancy.userSetting
+                    fresh.tenancy.mapFile = old.tenancy.mapFile
+                    fresh.metrics = old.metrics
+                    fresh.log = old.log
+                    if (old.jwt == nil) != (fresh.jwt == nil) { fresh.jwt = old.jwt }
+                }
+                lock.withLock { _config = fresh }
+                for pool in pools.values {
+                    pool.eventLoop.execute { pool.configure(fresh.pool) }
+                }
+                logger.info("configuration reloaded")
+            } catch {
+                logger.error("configuration reload failed; the previous configuration stays in force", metadata: ["error": "\(error)"])
+                problems.append("\(error)")
+            }
+        }
+        if !reloadTenantMap() { problems.append("tenant map reload failed (see the log)") }
+        reloadTLS()
+        return problems
+    }
+
     /// Loads the tenant map again; a bad file is reported and the previous map stays in force.
     /// Sessions are never dropped by a reload; they re-check their tenant at their next statement.
     @discardableResult
@@ -149,7 +249,7 @@ final class ProxyRuntime: @unchecked Sendable {
         let path = config.tenancy.mapFile
         let modified = Self.modificationDate(path)
         do {
-            let map = try TenantMap.load(path: path)
+            let map = try TenantMap.load(path: path, clusters: clusterNames())
             lock.withLock {
                 _map = map
                 _mapGeneration += 1
@@ -176,6 +276,83 @@ final class ProxyRuntime: @unchecked Sendable {
         (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
     }
 
+    // MARK: - Admin: suspension and pauses
+
+    func suspend(tenantID: String) {
+        lock.withLock {
+            suspendedTenants.insert(tenantID)
+            _mapGeneration += 1
+        }
+    }
+
+    /// False when the tenant was not suspended from the console.
+    func activate(tenantID: String) -> Bool {
+        lock.withLock {
+            guard suspendedTenants.remove(tenantID) != nil else { return false }
+            _mapGeneration += 1
+            return true
+        }
+    }
+
+    func isSuspended(_ tenantID: String) -> Bool {
+        lock.withLock { suspendedTenants.contains(tenantID) }
+    }
+
+    var suspendedTenantIDs: Set<String> { lock.withLock { suspendedTenants } }
+
+    var pausedTargets: Set<PauseTarget> { lock.withLock { pauses } }
+
+    func pause(_ target: PauseTarget) {
+        lock.withLock { _ = pauses.insert(target) }
+    }
+
+    /// Lifts a pause; every client held by any pause tries again (those still paused by another
+    /// target wait on). False when that target was not paused.
+    @discardableResult
+    func resume(_ target: PauseTarget) -> Bool {
+        let (wasPaused, waiters) = lock.withLock { () -> (Bool, [(loop: EventLoop, retry: () -> Void)]) in
+            var removed: Bool
+            if target == .all {
+                removed = !pauses.isEmpty
+                pauses.removeAll()
+            } else {
+                removed = pauses.remove(target) != nil
+            }
+            let waiting = Array(pauseWaiters.values)
+            pauseWaiters.removeAll()
+            return (removed, waiting)
+        }
+        for waiter in waiters { waiter.loop.execute(waiter.retry) }
+        return wasPaused
+    }
+
+    private func pausedLocked(tenant: String?, cluster: String) -> Bool {
+        guard !pauses.isEmpty else { return false }
+        if pauses.contains(.all) || pauses.contains(.cluster(cluster)) { return true }
+        if let tenant, pauses.contains(.tenant(tenant)) { return true }
+        return false
+    }
+
+    func isPaused(tenant: String?, cluster: String) -> Bool {
+        lock.withLock { pausedLocked(tenant: tenant, cluster: cluster) }
+    }
+
+    /// When the tenant or its cluster is paused, remembers `retry` (run on `loop` at RESUME) and
+    /// returns true; otherwise false and the caller goes on.
+    func holdIfPaused(tenant: String?, cluster: String, id: ObjectIdentifier, loop: EventLoop, retry: @escaping () -> Void) -> Bool {
+        lock.withLock {
+            guard pausedLocked(tenant: tenant, cluster: cluster) else { return false }
+            pauseWaiters[id] = (loop, retry)
+            return true
+        }
+    }
+
+    func cancelPauseHold(_ id: ObjectIdentifier) {
+        lock.withLock { _ = pauseWaiters.removeValue(forKey: id) }
+    }
+
+    var pausedClientCount: Int { lock.withLock { pauseWaiters.count } }
+
     // MARK: - Upstream tenant cache
 
     enum CachedLookup: Equatable {
@@ -196,6 +373,23 @@ final class ProxyRuntime: @unchecked Sendable {
         lock.withLock {
             if lookupCache.count > 100_000 { lookupCache.removeAll() }
             lookupCache[uuid] = (record, .now() + .seconds(Int64(ttl)))
+        }
+    }
+}
+
+/// What PAUSE and RESUME act on.
+enum PauseTarget: Hashable, Sendable, CustomStringConvertible {
+    case all
+    /// A tenant id.
+    case tenant(String)
+    /// An upstream cluster name.
+    case cluster(String)
+
+    var description: String {
+        switch self {
+        case .all: return "all"
+        case .tenant(let id): return "tenant \(id)"
+        case .cluster(let name): return "cluster \(name)"
         }
     }
 }

@@ -18,6 +18,7 @@ final class ProxyServer: @unchecked Sendable {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads > 0 ? threads : System.coreCount)
         self.done = group.next().makePromise(of: Void.self)
         runtime.makePools(for: group)
+        runtime.shutdownHandler = { [weak self] in self?.shutdown() }
     }
 
     /// The address actually bound (useful when the port is 0).
@@ -28,6 +29,7 @@ final class ProxyServer: @unchecked Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: runtime.config.server.reusePort ? 1 : 0)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in
@@ -75,12 +77,13 @@ final class ProxyServer: @unchecked Sendable {
         let map: TenantMap
         do {
             config = try ProxyConfig.load(path: configPath)
-            map = try TenantMap.load(path: config.tenancy.mapFile)
+            map = try TenantMap.load(path: config.tenancy.mapFile, clusters: Set(config.clusters.keys))
         } catch let error as ConfigError {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(2)
         }
-        let server = ProxyServer(runtime: ProxyRuntime(config: config, map: map, logger: ProxyLogging.makeLogger(level: config.log.level)))
+        let logger = ProxyLogging.makeLogger(level: config.log.level)
+        let server = ProxyServer(runtime: ProxyRuntime(config: config, map: map, logger: logger, configPath: configPath))
         do {
             try server.runtime.prepareSecurity()
         } catch {
@@ -109,7 +112,7 @@ final class ProxyServer: @unchecked Sendable {
         }
         var sources: [DispatchSourceSignal] = []
         let actions: [(Int32, () -> Void)] = [
-            (SIGTERM, { [self] in shutdown() }), (SIGINT, { [self] in shutdown() }), (SIGHUP, { runtime.reloadTenantMap(); runtime.reloadTLS() }),
+            (SIGTERM, { [self] in shutdown() }), (SIGINT, { [self] in shutdown() }), (SIGHUP, { runtime.reload() }),
         ]
         for (signalNumber, action) in actions {
             signal(signalNumber, SIG_IGN)

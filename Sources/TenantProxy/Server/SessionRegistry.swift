@@ -24,9 +24,20 @@ final class SessionRegistry: @unchecked Sendable {
     private var onEmpty: (() -> Void)?
     private var generator = SystemRandomNumberGenerator()
     let maxSessions: Int
+    /// 1-255 when several instances share one address: written into bits 23-30 of every
+    /// process id handed out, so a peer that receives the cancel request knows whose it is.
+    let instanceID: Int
 
-    init(maxSessions: Int) {
+    init(maxSessions: Int, instanceID: Int = 0) {
         self.maxSessions = maxSessions
+        self.instanceID = instanceID
+    }
+
+    static let instanceShift = 23
+
+    /// The instance that issued a cancel key (0: one without an instance id).
+    static func instance(of processID: Int32) -> Int {
+        Int(processID >> Int32(instanceShift)) & 0xFF
     }
 
     var count: Int { lock.withLock { entries.count } }
@@ -38,7 +49,12 @@ final class SessionRegistry: @unchecked Sendable {
             guard entries.count < maxSessions else { return nil }
             var processID: Int32
             repeat {
-                processID = Int32.random(in: 1...Int32.max, using: &generator)
+                if instanceID > 0 {
+                    processID = Int32(instanceID << Self.instanceShift) | Int32.random(in: 0..<(1 << Int32(Self.instanceShift)), using: &generator)
+                } else {
+                    // Without an id, keep bits 23-30 clear so no peer mistakes the key for its own.
+                    processID = Int32.random(in: 1..<(1 << Int32(Self.instanceShift)), using: &generator)
+                }
             } while entries[processID] != nil
             let secret = Int32.random(in: Int32.min...Int32.max, using: &generator)
             entries[processID] = Entry(secret: secret, session: session, cancelTarget: nil)

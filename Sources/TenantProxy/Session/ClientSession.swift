@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -18,6 +19,8 @@ final class ClientSession: UpstreamConnectionOwner {
         case startup
         case connectingUpstream
         case relaying
+        /// The admin console (database "proxy"): no upstream, commands answered by the proxy.
+        case admin
         case closed
     }
 
@@ -126,6 +129,17 @@ final class ClientSession: UpstreamConnectionOwner {
     private var pendingMembership: String?
     private var tokenExpired = false
     private var tokenTimer: Scheduled<Void>?
+    /// This session's tenant totals on its loop (SHOW STATS, metrics).
+    private var tally: TenantTally?
+    private var waitStarted: NIODeadline?
+    /// Held by an admin PAUSE until RESUME.
+    private var heldByPause = false
+    /// The map generation the tenant's cluster placement was last read at.
+    private var placementGeneration = 0
+    private var admin: AdminConsole?
+    private var userName = ""
+    private var databaseName = ""
+    private let connectedAt = Date()
 
     /// Status of the last ReadyForQuery relayed: shutdown closes idle sessions at a boundary.
     private var transactionStatus: TransactionStatus = .idle
@@ -183,6 +197,11 @@ final class ClientSession: UpstreamConnectionOwner {
 
     func clientRead(_ data: ByteBuffer) {
         guard phase != .closed else { return }
+        if let admin {
+            admin.read(data)
+            return
+        }
+        tally?.bytesReceived += data.readableBytes
         var buffer = Self.append(data, to: &clientPending)
         processClientBytes(&buffer)
     }
@@ -195,7 +214,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 try processStartup(&buffer)
             case .relaying where !clientPaused:
                 try relayClientMessages(&buffer)
-            case .connectingUpstream, .relaying, .closed:
+            case .connectingUpstream, .relaying, .admin, .closed:
                 break
             }
         } catch let error as PGWireError {
@@ -326,8 +345,14 @@ final class ClientSession: UpstreamConnectionOwner {
 
         case .authenticated(let user, let startup, let messages, let token):
             logger[metadataKey: "user"] = "\(user)"
+            userName = user
+            databaseName = startup.database ?? user
             writeToClient(messages, flush: true)
-            authenticated(user: user, startup: startup, token: token)
+            if databaseName == "proxy" {
+                startAdminConsole(user: user)
+            } else {
+                authenticated(user: user, startup: startup, token: token)
+            }
         }
     }
 
@@ -403,6 +428,10 @@ final class ClientSession: UpstreamConnectionOwner {
                 pendingLookup = uuid
             }
         }
+        if let tenant = binding.tenant, runtime.isSuspended(tenant.id) {
+            logger.info("refused client: tenant suspended from the console")
+            return refuseLogin(.tenantNotActive(userNameTenant ?? tenant.name), count: false)
+        }
         if let tenant = binding.tenant?.id {
             guard runtime.addTenantClient(tenant) else { return fail(.tenantTooManyClients) }
             tenantCounted = tenant
@@ -436,6 +465,8 @@ final class ClientSession: UpstreamConnectionOwner {
         if let tenant = binding.tenant {
             logger[metadataKey: "tenant"] = "\(tenant.name)"
         }
+        tally = runtime.stats(for: client.eventLoop)?.tally(for: binding.tenant?.id ?? "")
+        placementGeneration = seenMapGeneration
         let mode: GuardPolicy.Mode
         switch binding.mode {
         case .pinned: mode = .pinned
@@ -461,7 +492,7 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func upstreamRole(for binding: SessionBinding) -> (user: String, password: String?) {
-        let config = runtime.config.upstream
+        let config = runtime.config.cluster(binding.tenant?.upstream ?? "default")
         if binding.mode == .global, let global = config.globalUser {
             return (global, config.globalPassword)
         }
@@ -470,9 +501,12 @@ final class ClientSession: UpstreamConnectionOwner {
 
     // MARK: - Session pooling: a dedicated upstream connection
 
+    /// The cluster this session's tenant lives on.
+    private var cluster: String { binding?.tenant?.upstream ?? "default" }
+
     private func connectDedicated() {
         guard let binding else { return }
-        let config = runtime.config.upstream
+        let config = runtime.config.cluster(cluster)
         let role = upstreamRole(for: binding)
         var parameters = binding.upstreamParameters
         parameters["user"] = role.user
@@ -487,7 +521,8 @@ final class ClientSession: UpstreamConnectionOwner {
         let handler = UpstreamConnectionHandler()
         handler.loginOwner = self
         loginHandler = handler
-        let key = PoolKey(user: role.user, database: binding.upstreamDatabase)
+        let key = PoolKey(cluster: config.name, user: role.user, database: binding.upstreamDatabase)
+        poolKey = key
 
         UpstreamConnector.connect(on: client.eventLoop, config: config, tls: runtime.tls.upstream, handler: handler)
             .whenComplete { [self] result in
@@ -498,6 +533,9 @@ final class ClientSession: UpstreamConnectionOwner {
                         return
                     }
                     let connection = UpstreamConnection(channel: channel, key: key)
+                    connection.cancelHost = config.host
+                    connection.cancelPort = config.port
+                    connection.lastTenant = binding.tenant?.id
                     self.connection = connection
                     var buffer = channel.allocator.buffer(capacity: 256)
                     upstreamStartup.encode(into: &buffer)
@@ -586,7 +624,7 @@ final class ClientSession: UpstreamConnectionOwner {
     private func startPooled() {
         guard let binding else { return }
         let role = upstreamRole(for: binding)
-        let key = PoolKey(user: role.user, database: binding.upstreamDatabase)
+        let key = PoolKey(cluster: cluster, user: role.user, database: binding.upstreamDatabase)
         poolKey = key
         pool = runtime.pool(for: client.eventLoop)
         if pendingLookup == nil, pendingMembership == nil, let parameters = pool?.serverParameters[key] {
@@ -610,9 +648,22 @@ final class ClientSession: UpstreamConnectionOwner {
 
     /// Borrows a connection from the loop's pool; the client is paused meanwhile.
     private func borrow(then attached: @escaping () -> Void) {
+        refreshPlacement()
         guard let pool, let poolKey else {
             logger.error("no pool for this event loop")
             return fail(.upstreamUnavailable)
+        }
+        let held = runtime.holdIfPaused(tenant: tenantLease, cluster: poolKey.cluster, id: ObjectIdentifier(self), loop: client.eventLoop) {
+            [weak self] in
+            guard let self, self.heldByPause, self.phase != .closed else { return }
+            self.heldByPause = false
+            self.borrow(then: attached)
+        }
+        if held {
+            heldByPause = true
+            clientPaused = true
+            setClientReading(false)
+            return
         }
         logger.trace("borrowing", metadata: ["waiting": "\(pool.waitingCount)", "idle": "\(pool.idleCount)", "open": "\(pool.openCount)"])
         clientPaused = true
@@ -621,6 +672,10 @@ final class ClientSession: UpstreamConnectionOwner {
         let id = pool.acquire(key: poolKey, context: context, tenant: tenantLease) { [self] result in
             answered = true
             waiterID = nil
+            if let started = waitStarted {
+                waitStarted = nil
+                tally?.waitMicroseconds += Int((NIODeadline.now() - started).nanoseconds / 1000)
+            }
             switch result {
             case .success(let borrowed):
                 guard phase != .closed else {
@@ -628,6 +683,7 @@ final class ClientSession: UpstreamConnectionOwner {
                     return
                 }
                 borrowed.owner = self
+                borrowed.lastTenant = tenantLease
                 connection = borrowed
                 setCancelTarget()
                 setUpstreamReading(client.isWritable)
@@ -641,6 +697,7 @@ final class ClientSession: UpstreamConnectionOwner {
         // meanwhile what the client sends is held (bounded: reading stops).
         if !answered {
             waiterID = id
+            waitStarted = .now()
             setClientReading(false)
         }
     }
@@ -656,6 +713,19 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private var tenantLease: String? { binding?.tenant?.id }
 
+    /// After a reload, a tenant moved to another cluster borrows from there (transaction mode);
+    /// a session-mode client, whose upstream connection is on the old cluster, is ended.
+    private func refreshPlacement() {
+        let generation = runtime.mapGeneration
+        guard generation != placementGeneration else { return }
+        placementGeneration = generation
+        guard let tenant = binding?.tenant, let current = runtime.map.tenants[tenant.name], current.id == tenant.id,
+              current.upstream != tenant.upstream else { return }
+        logger.info("tenant placed on another cluster", metadata: ["from": "\(tenant.upstream)", "to": "\(current.upstream)"])
+        binding?.tenant?.upstream = current.upstream
+        poolKey?.cluster = current.upstream
+        if !transactionPooling { fail(.tenantMoved) }
+    }
     /// The context statements this client needs on its connection (nil: none).
     private var wantedContext: String? {
         guard let binding else { return nil }
@@ -728,9 +798,8 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func setCancelTarget() {
-        guard let proxyKey, let key = connection?.backendKey else { return }
-        let config = runtime.config.upstream
-        runtime.registry.setCancelTarget(.init(key: key, host: config.host, port: config.port), for: proxyKey.processID)
+        guard let proxyKey, let connection, let key = connection.backendKey else { return }
+        runtime.registry.setCancelTarget(.init(key: key, host: connection.cancelHost, port: connection.cancelPort), for: proxyKey.processID)
     }
 
     // MARK: - Injected queries
@@ -823,6 +892,9 @@ final class ClientSession: UpstreamConnectionOwner {
             runtime.cacheLookup(uuid, record)
             switch TenantResolver.finishLookup(binding, uuid: uuid, found: record) {
             case .bound(let bound):
+                if let tenant = bound.tenant, runtime.isSuspended(tenant.id) {
+                    return fail(.tenantNotActive(uuid))
+                }
                 bind(bound)
                 if let tenant = bound.tenant?.id, tenantCounted == nil {
                     guard runtime.addTenantClient(tenant) else { return fail(.tenantTooManyClients) }
@@ -873,6 +945,9 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             return
         }
+        if !transactionPooling, transactionStatus == .idle, !awaitingReply, buffer.readableBytes > 0, holdForPause(&buffer) {
+            return
+        }
         let original = buffer
         var runStart = buffer.readerIndex
         func emitRun(upTo end: Int) {
@@ -903,6 +978,25 @@ final class ClientSession: UpstreamConnectionOwner {
             }
         }
         emitRun(upTo: buffer.readerIndex)
+    }
+
+    /// Session mode between transactions: a paused tenant's next statement waits for RESUME
+    /// (then runs, or ends the session when the tenant moved to another cluster meanwhile).
+    private func holdForPause(_ buffer: inout ByteBuffer) -> Bool {
+        let held = runtime.holdIfPaused(tenant: tenantLease, cluster: cluster, id: ObjectIdentifier(self), loop: client.eventLoop) {
+            [weak self] in
+            guard let self, self.heldByPause, self.phase == .relaying else { return }
+            self.heldByPause = false
+            self.refreshPlacement()
+            self.resumeClient()
+        }
+        guard held else { return false }
+        heldByPause = true
+        clientPaused = true
+        clientPending = buffer
+        buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+        setClientReading(false)
+        return true
     }
 
     private enum FrameDecision {
@@ -1223,15 +1317,30 @@ final class ClientSession: UpstreamConnectionOwner {
         return false
     }
 
-    /// After a reload, a session whose tenant was suspended or removed ends at its next statement.
+    /// After a reload or SUSPEND, a session whose tenant was suspended, removed or moved ends at
+    /// its next statement outside a transaction: a transaction under way finishes first (KILL
+    /// is the way to end it at once).
     private func tenantStillActive() -> Bool {
         let generation = runtime.mapGeneration
         guard generation != seenMapGeneration else { return true }
+        guard transactionStatus == .idle else { return true }
         seenMapGeneration = generation
         guard let tenant = binding?.tenant else { return true }
+        if runtime.isSuspended(tenant.id) {
+            logger.info("tenant suspended from the console; ending session")
+            fail(.tenantNotActive(tenant.name))
+            return false
+        }
         let map = runtime.map
         if let current = map.tenants[tenant.name], current.id == tenant.id {
-            if current.status == .active { return true }
+            if current.status == .active {
+                if !transactionPooling, current.upstream != tenant.upstream {
+                    logger.info("tenant moved to another cluster; ending session")
+                    fail(.tenantMoved)
+                    return false
+                }
+                return true
+            }
         } else if map.tenant(named: tenant.id) == nil, TenantIdentifier.isUUID(tenant.id) {
             // Found in the upstream's tenants table, not in the map: a reload does not concern it.
             return true
@@ -1245,6 +1354,7 @@ final class ClientSession: UpstreamConnectionOwner {
 
     func upstreamRead(_ data: ByteBuffer) {
         guard phase != .closed else { return }
+        tally?.bytesSent += data.readableBytes
         var buffer = Self.append(data, to: &upstreamPending)
         do {
             if phase == .connectingUpstream, upstreamMachine != nil {
@@ -1322,6 +1432,8 @@ final class ClientSession: UpstreamConnectionOwner {
                         connection?.settingsStamp = (sessionIdentity, settingsVersion)
                     }
                 }
+            case BackendMessageID.errorResponse.rawValue:
+                tally?.errors += 1
             case BackendMessageID.readyForQuery.rawValue:
                 switch readyForQuery(frame) {
                 case .plain:
@@ -1367,6 +1479,10 @@ final class ClientSession: UpstreamConnectionOwner {
             .flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
         parseOrigins.removeAll()
+        if let tally {
+            tally.queries += 1
+            if status == .idle { tally.transactions += 1 }
+        }
         return cycleNotes.isEmpty ? .plain : cycleNotes.removeFirst()
     }
 
@@ -1400,21 +1516,34 @@ final class ClientSession: UpstreamConnectionOwner {
         let target = runtime.registry.cancelTarget(for: request)
         client.close(promise: nil)
         guard let target else {
+            // A key another instance issued (its id is in the process id): pass it on as is.
+            let config = runtime.config
+            let instance = SessionRegistry.instance(of: request.processID)
+            if instance != 0, instance != config.server.instanceID, let peer = config.peers.first(where: { $0.instanceID == instance }) {
+                logger.debug("cancel request forwarded to peer", metadata: ["peer": "\(peer.instanceID)"])
+                sendCancel(request, host: peer.host, port: peer.port, what: "peer")
+                return
+            }
             logger.info("cancel request with unknown key ignored")
             return
         }
+        sendCancel(CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey), host: target.host, port: target.port,
+                   what: "upstream")
+    }
+
+    private func sendCancel(_ request: CancelRequest, host: String, port: Int, what: String) {
         let logger = self.logger
         ClientBootstrap(group: client.eventLoop)
             .connectTimeout(.seconds(Int64(runtime.config.upstream.connectTimeoutSeconds)))
-            .connect(host: target.host, port: target.port)
+            .connect(host: host, port: port)
             .whenComplete { result in
                 switch result {
                 case .success(let channel):
                     var buffer = channel.allocator.buffer(capacity: 16)
-                    CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey).encode(into: &buffer)
+                    request.encode(into: &buffer)
                     channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
                 case .failure(let error):
-                    logger.warning("could not forward cancel request", metadata: ["error": "\(error)"])
+                    logger.warning("could not forward cancel request", metadata: ["to": "\(what)", "error": "\(error)"])
                 }
             }
     }
@@ -1428,12 +1557,102 @@ final class ClientSession: UpstreamConnectionOwner {
         guard phase != .closed else { return }
         if phase == .startup {
             fail(.notAcceptingConnections)
+        } else if phase == .admin {
+            fail(.shuttingDown)
+        } else if phase == .relaying, transactionStatus == .idle, !awaitingReply, connection == nil || !transactionPooling,
+                  clientPending == nil {
+            // Idle between transactions: nothing is lost by ending now.
+            fail(.shuttingDown)
         }
+    }
+
+    /// KILL from the admin console: ends the session at once, even inside a transaction (the
+    /// upstream connection is then discarded, never lent again).
+    func kill() {
+        fail(.killedByAdmin)
     }
 
     /// Ends the session at once (drain timeout).
     func terminate() {
         fail(.shuttingDown)
+    }
+
+    // MARK: - Admin console
+
+    private func startAdminConsole(user: String) {
+        guard runtime.config.admin.users.contains(user) else {
+            logger.info("refused client: not an admin user")
+            return refuseLogin(.adminOnly, count: false)
+        }
+        if runtime.isDraining { return fail(.notAcceptingConnections) }
+        guard let key = runtime.registry.register(self) else { return fail(.tooManyClients) }
+        proxyKey = key
+        logger[metadataKey: "session"] = "\(key.processID)"
+        logger.info("admin console session")
+        phase = .admin
+        let console = AdminConsole(runtime: runtime, channel: client, user: user, maxMessageBytes: runtime.config.server.maxMessageBytes) {
+            [weak self] in self?.close()
+        }
+        admin = console
+        var messages: [BackendMessage] = [.authentication(.ok)]
+        messages += AdminConsole.parameters.map { .parameterStatus($0) }
+        messages.append(.backendKeyData(key))
+        messages.append(.readyForQuery(ReadyForQuery(status: .idle)))
+        writeToClient(messages, flush: true)
+        if var held = clientPending {
+            clientPending = nil
+            console.read(held)
+            held.clear()
+        }
+    }
+
+    /// The tenant id this session is bound to (read from any thread: set once at log-in, and
+    /// only an id, so a stale read is harmless for the console's filters).
+    var boundTenantID: String? { tenantCounted }
+
+    /// SHOW CLIENTS; on this session's loop. Nil while it logs in.
+    func clientView() -> ClientView? {
+        guard let proxyKey, phase != .closed else { return nil }
+        let state: String
+        if phase == .admin {
+            state = "active"
+        } else if phase == .connectingUpstream {
+            state = "login"
+        } else if heldByPause {
+            state = "paused"
+        } else if waiterID != nil {
+            state = "waiting"
+        } else if transactionStatus != .idle || awaitingReply {
+            state = "active"
+        } else {
+            state = "idle"
+        }
+        let address = client.remoteAddress
+        return ClientView(processID: proxyKey.processID, kind: phase == .admin ? "admin" : "client", user: userName, database: databaseName,
+                          tenantID: binding?.tenant?.id ?? "", tenantName: binding?.tenant?.name ?? "", state: state,
+                          address: address?.ipAddress ?? "", port: address?.port ?? 0, connectedAt: connectedAt, tls: tlsActive,
+                          poolMode: transactionPooling ? "transaction" : "session", cluster: phase == .admin ? "" : cluster,
+                          poolKey: poolKey, hasConnection: connection != nil)
+    }
+
+    /// SHOW SERVERS: the upstream connection this session holds, if any.
+    func serverView() -> ServerView? {
+        guard let connection, phase == .relaying else { return nil }
+        return ServerView(key: connection.key, state: "active", tenantID: binding?.tenant?.id ?? "", host: connection.cancelHost,
+                          port: connection.cancelPort, backendPID: connection.backendKey?.processID ?? 0, connectedAt: connection.openedAt,
+                          clientProcessID: proxyKey?.processID)
+    }
+
+    /// PAUSE waits while this is true: the session has work in flight upstream for the target.
+    func isBusy(for target: PauseTarget) -> Bool {
+        guard phase == .relaying || phase == .connectingUpstream else { return false }
+        switch target {
+        case .all: break
+        case .tenant(let id): guard binding?.tenant?.id == id else { return false }
+        case .cluster(let name): guard cluster == name else { return false }
+        }
+        if transactionPooling { return connection != nil }
+        return transactionStatus != .idle || awaitingReply
     }
 
     // MARK: - Helpers
@@ -1481,6 +1700,11 @@ final class ClientSession: UpstreamConnectionOwner {
             pool?.cancelWait(waiterID)
             self.waiterID = nil
         }
+        if heldByPause {
+            heldByPause = false
+            runtime.cancelPauseHold(ObjectIdentifier(self))
+        }
+        admin?.close()
         if let connection {
             self.connection = nil
             if transactionPooling, let pool {
@@ -1488,6 +1712,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 // fully answered connection goes back.
                 if transactionStatus != .idle || awaitingReply || connection.broken {
                     pool.discard(connection)
+                    if let tenant = tenantLease { runtime.releaseTenantLease(tenant) }
                 } else {
                     pool.release(connection, tenant: tenantLease)
                 }

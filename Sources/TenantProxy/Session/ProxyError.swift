@@ -60,6 +60,18 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
         severity: .fatal, sqlState: "57P01", message: "terminating connection because the proxy is shutting down",
         hint: "Reconnect; another proxy instance or the restarted one will serve you.")
 
+    static let killedByAdmin = ProxyError(
+        severity: .fatal, sqlState: "57P01", message: "terminating connection due to administrator command",
+        hint: "An operator ended this tenant's sessions from the admin console (KILL); reconnect later.")
+
+    static let tenantMoved = ProxyError(
+        severity: .fatal, sqlState: "57P01", message: "terminating connection because the tenant moved to another database cluster",
+        hint: "Reconnect: the new connection goes to the tenant's new cluster.")
+
+    static let adminOnly = ProxyError(
+        severity: .fatal, sqlState: "28000", message: "only admin users may connect to the admin console (database \"proxy\")",
+        hint: "List the user in [admin] users of proxy.conf, or connect to another database.")
+
     static let notAcceptingConnections = ProxyError(
         severity: .fatal, sqlState: "57P03", message: "the proxy is shutting down and accepts no new connections",
         hint: "Retry against another proxy instance or after the restart.")

@@ -19,6 +19,8 @@ struct Tenant: Equatable, Sendable {
     var database: String = ""
     /// Client database names that select this tenant.
     var databases: [String] = []
+    /// The upstream cluster the tenant lives on (`[upstream]` is "default", others `[clusters.NAME]`).
+    var upstream: String = "default"
 }
 
 /// A user the proxy authenticates, with what it may do.
@@ -78,7 +80,23 @@ struct TenantMap: Sendable {
         }
     }
 
+    /// Tenants placed on a cluster the configuration does not define.
+    func unknownClusters(known: Set<String>) -> [ConfigProblem] {
+        tenants.values.filter { !known.contains($0.upstream) }.sorted { $0.name < $1.name }.map {
+            ConfigProblem(key: "tenants.\($0.name).upstream", problem: "names unknown cluster \"\($0.upstream)\"",
+                          fix: "use \"default\" or a [clusters.NAME] of proxy.conf (\(known.sorted().joined(separator: ", ")))")
+        }
+    }
+
     // MARK: - Loading
+
+    /// Loads the map and checks that every tenant is placed on a configured cluster.
+    static func load(path: String, clusters: Set<String>) throws -> TenantMap {
+        let map = try load(path: path)
+        let problems = map.unknownClusters(known: clusters)
+        if !problems.isEmpty { throw ConfigError(file: path, problems: problems) }
+        return map
+    }
 
     static func load(path: String) throws -> TenantMap {
         let text: String
@@ -158,7 +176,7 @@ struct TenantMap: Sendable {
         tenants[tenant.name] = tenant
     }
 
-    private static let tenantKeys: Set<String> = ["id", "aliases", "status", "isolation", "schema", "database", "databases"]
+    private static let tenantKeys: Set<String> = ["id", "aliases", "status", "isolation", "schema", "database", "databases", "upstream"]
     private static let userKeys: Set<String> = ["password", "mode", "tenants", "user_id", "md5", "auth", "require_tls", "cert_names"]
 
     private static func parseTenant(name: String, entry: TOMLTable, problems: inout [ConfigProblem]) -> Tenant? {
@@ -191,6 +209,13 @@ struct TenantMap: Sendable {
         tenant.schema = entry["schema"]?.string ?? ""
         tenant.database = entry["database"]?.string ?? ""
         tenant.databases = strings(entry["databases"], key: "\(key).databases", problems: &problems)
+        if let raw = entry["upstream"] {
+            guard let cluster = raw.string, !cluster.isEmpty else {
+                problems.append(ConfigProblem(key: "\(key).upstream", problem: "must name a cluster", fix: "upstream = \"default\""))
+                return nil
+            }
+            tenant.upstream = cluster
+        }
         if tenant.isolation == .schema, !TenantIdentifier.isValid(tenant.schema) {
             problems.append(ConfigProblem(key: "\(key).schema", problem: "isolation = schema needs a valid schema name",
                                           fix: "set schema = \"<name>\" (letters, digits, '_')"))

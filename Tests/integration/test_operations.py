@@ -1,0 +1,421 @@
+"""Operations: the admin console (every command through psql), per-tenant statistics after a known
+workload, pause/suspend/kill/reload under load, moving a tenant between two real PostgreSQL
+servers while its clients run transactions, cancel requests across two proxy instances, and a
+rolling restart of instances sharing one port (SO_REUSEPORT) with every committed row counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+import psycopg
+import pytest
+
+import ops_support as ops
+import pgharness as h
+import pooling_support as ps
+import tenancy_support as ts
+from tenancy_support import ACME, GLOBEX
+
+
+@pytest.fixture(scope="module")
+def ocluster():
+    c = ts.TenancyCluster().start()
+    yield c
+    c.destroy()
+
+
+@pytest.fixture
+def oproxy(ocluster, tmp_path_factory):
+    """Factory: a started proxy over ocluster with [admin] users = ["gina"] (kwargs: pool mode,
+    extra sections, map text, peers, listen_port, start)."""
+    started: list[ts.TenancyProxy] = []
+
+    def factory(*, mode: str = "transaction", size: int = 4, map_text: str | None = None,
+                start: bool = True, cluster: ts.TenancyCluster | None = None, peers=None,
+                listen_port: int | None = None, **sections) -> ts.TenancyProxy:
+        server = {"event_loop_threads": 2, **sections.pop("server", {})}
+        extra = ops.admin_extra(pool={"mode": mode, "size": size}, server=server, **sections)
+        p = ops.make_proxy(cluster or ocluster, tmp_path_factory.mktemp("ops-proxy"), map_text=map_text,
+                           extra=extra, peers=peers, listen_port=listen_port)
+        started.append(p)
+        if start:
+            p.start()
+        return p
+
+    yield factory
+    for p in started:
+        p.terminate()
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    return ts.sqlstate_of(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# the console itself
+
+
+def test_console_is_for_admin_users_only(oproxy):
+    p = oproxy()
+    err = ts.connect_error(p, "alice", dbname="proxy")
+    assert err["C"] == "28000" and "admin" in err["M"], err
+    assert "H" in err
+    res = ops.admin(p, "SHOW VERSION")
+    assert res.stdout.startswith("tenant-proxy "), res.stdout
+
+
+def test_show_commands_return_result_sets(oproxy):
+    p = oproxy()
+    with ts.connect(p, "alice") as alice, ts.connect(p, "bob") as bob:
+        alice.execute("SELECT 1")
+        bob.execute("SELECT 1")
+        with alice.transaction():
+            alice.execute("SELECT 2")
+            clients = ops.show(p, "CLIENTS")
+            servers = ops.show(p, "SERVERS")
+        by_tenant = {c["tenant_id"]: c for c in clients if c["type"] == "client"}
+        assert by_tenant[ACME]["user"] == "alice" and by_tenant[ACME]["state"] == "active"
+        assert by_tenant[GLOBEX]["user"] == "bob" and by_tenant[GLOBEX]["state"] == "idle"
+        assert any(c["type"] == "admin" and c["user"] == ops.ADMIN for c in clients)
+        active = [s for s in servers if s["state"] == "active"]
+        assert [s["tenant_id"] for s in active] == [ACME], servers
+        assert active[0]["client"] == by_tenant[ACME]["session"]
+        assert int(active[0]["backend_pid"]) > 0
+
+        tenants = {t["name"]: t for t in ops.show(p, "TENANTS")}
+        assert tenants["acme"]["id"] == ACME and tenants["acme"]["clients"] == "1"
+        assert tenants["initech"]["status"] == "suspended"
+        assert tenants["acme"]["cluster"] == "default" and tenants["acme"]["paused"] == "no"
+
+        pools = ops.show(p, "POOLS")
+        pool = [r for r in pools if r["user"] == ts.PROXY_ROLE]
+        assert pool and pool[0]["pool_mode"] == "transaction" and pool[0]["database"] == ts.APP_DB
+        assert int(pool[0]["sv_open"]) >= 1
+
+        config = {r["key"]: r for r in ops.show(p, "CONFIG")}
+        assert config["pool.mode"]["value"] == "transaction"
+        assert config["pool.mode"]["changeable"] == "restart"
+        assert config["upstream.password"]["value"] == "(set)"
+        all_config = ops.admin(p, "SHOW CONFIG").stdout
+        assert ts.PROXY_PW not in all_config and ts.OWNER_PW not in all_config
+
+        stats = {s["tenant"]: s for s in ops.show(p, "STATS")}
+        assert int(stats["acme"]["total_xact_count"]) >= 2
+
+
+def test_unknown_command_is_an_error_and_the_console_stays_usable(oproxy):
+    p = oproxy()
+    with h.RawConn(p.host, p.port) as raw:
+        raw.startup(ops.ADMIN, ts.password_of(ops.ADMIN), "proxy")
+        with pytest.raises(h.PGError) as ei:
+            raw.query("FROB THE KNOBS")
+        assert ei.value.sqlstate == "42601" and "H" in ei.value.fields
+        with pytest.raises(h.PGError) as ei:
+            raw.query("PAUSE no_such_tenant")
+        assert ei.value.sqlstate == "42704"
+        with pytest.raises(h.PGError) as ei:
+            raw.query("RESUME acme")
+        assert ei.value.sqlstate == "55000"
+        assert raw.query("SHOW VERSION")[0][0].startswith("tenant-proxy")
+        # several commands in one Query message run in order
+        assert raw.query("SHOW VERSION; SHOW VERSION") == raw.query("SHOW VERSION") * 2
+        raw.terminate()
+
+
+def test_stats_count_a_known_workload_per_tenant(oproxy):
+    p = oproxy()
+    with ts.connect(p, "alice") as alice, ts.connect(p, "bob") as bob:
+        for n in range(7):
+            alice.execute("SELECT %s::int", (n,))
+        with alice.transaction():
+            alice.execute("SELECT count(*) FROM todos")
+        bob.execute("SELECT 1")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            bob.execute("SELECT 1/0")
+    stats = {s["tenant_id"]: s for s in ops.show(p, "STATS")}
+    # alice: 7 statements + BEGIN, SELECT, COMMIT = 10 queries in 8 transactions
+    assert stats[ACME]["total_xact_count"] == "8" and stats[ACME]["total_query_count"] == "10"
+    assert stats[ACME]["total_errors"] == "0"
+    assert stats[GLOBEX]["total_xact_count"] == "2" and stats[GLOBEX]["total_errors"] == "1"
+    assert int(stats[ACME]["total_received"]) > 0 and int(stats[ACME]["total_sent"]) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# pause, resume, suspend, activate, kill
+
+
+def run_in_thread(fn) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, out
+
+
+def client_state(p, tenant_id: str) -> list[str]:
+    return [c["state"] for c in ops.show(p, "CLIENTS") if c["tenant_id"] == tenant_id]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_pause_holds_a_tenant_and_resume_lets_it_continue(oproxy, mode):
+    p = oproxy(mode=mode)
+    with ts.connect(p, "alice") as alice, ts.connect(p, "bob") as bob:
+        alice.execute("SELECT 1")
+        ops.admin(p, "PAUSE acme")
+        assert {t["name"]: t["paused"] for t in ops.show(p, "TENANTS")}["acme"] == "yes"
+        t, out = run_in_thread(lambda: alice.execute("SELECT 'after resume'").fetchone())
+        ps.wait_until(lambda: client_state(p, ACME) == ["paused"], 20, "alice to be held")
+        # other tenants are not paused
+        assert bob.execute("SELECT 'bob'").fetchone() == ("bob",)
+        assert t.is_alive()
+        ops.admin(p, "RESUME acme")
+        t.join(20)
+        assert out.get("value") == ("after resume",), out
+
+
+def test_pause_returns_only_when_the_tenants_transactions_are_done(oproxy):
+    p = oproxy()
+    with ts.connect(p, "alice") as alice:
+        alice.execute("BEGIN")
+        alice.execute("SELECT 1")
+        t, out = run_in_thread(lambda: ops.admin(p, "PAUSE acme"))
+        ps.wait_until(lambda: {x["name"]: x["paused"] for x in ops.show(p, "TENANTS")}["acme"] == "yes",
+                      20, "the pause to be registered")
+        # alice's transaction is open: PAUSE cannot have returned
+        assert t.is_alive()
+        alice.execute("COMMIT")
+        t.join(30)
+        assert not t.is_alive() and "error" not in out, out
+        ops.admin(p, "RESUME acme")
+        assert alice.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_pause_all_and_cluster_then_resume(oproxy):
+    p = oproxy()
+    with ts.connect(p, "alice") as alice, ts.connect(p, "bob") as bob:
+        ops.admin(p, "PAUSE")
+        t1, out1 = run_in_thread(lambda: alice.execute("SELECT 'a'").fetchone())
+        t2, out2 = run_in_thread(lambda: bob.execute("SELECT 'b'").fetchone())
+        ps.wait_until(lambda: sorted(c["state"] for c in ops.show(p, "CLIENTS") if c["type"] == "client")
+                      == ["paused", "paused"], 20, "both clients to be held")
+        ops.admin(p, "RESUME")
+        for t in (t1, t2):
+            t.join(20)
+        assert out1.get("value") == ("a",) and out2.get("value") == ("b",)
+
+        ops.admin(p, "PAUSE CLUSTER default")
+        t3, out3 = run_in_thread(lambda: bob.execute("SELECT 'c'").fetchone())
+        ps.wait_until(lambda: client_state(p, GLOBEX) == ["paused"], 20, "bob to be held")
+        assert {r["cluster"]: r["paused"] for r in ops.show(p, "POOLS")}["default"] == "yes"
+        ops.admin(p, "RESUME CLUSTER default")
+        t3.join(20)
+        assert out3.get("value") == ("c",)
+
+
+def test_suspend_ends_sessions_and_refuses_logins_until_activate(oproxy):
+    p = oproxy(mode="session")
+    with ts.connect(p, "alice") as alice, ts.connect(p, "bob") as bob:
+        alice.execute("SELECT 1")
+        ops.admin(p, "SUSPEND acme")
+        with pytest.raises(psycopg.OperationalError) as ei:
+            alice.execute("SELECT 1")
+        assert sqlstate(ei.value) == "28000", ei.value
+        err = ts.connect_error(p, "alice")
+        assert err["C"] == "28000"
+        assert bob.execute("SELECT 'bob still here'").fetchone() == ("bob still here",)
+        assert {t["name"]: t["status"] for t in ops.show(p, "TENANTS")}["acme"] == "suspended (console)"
+    ops.admin(p, "ACTIVATE acme")
+    with ts.connect(p, "alice") as alice:
+        assert alice.execute("SELECT current_setting('nile.tenant_id')").fetchone() == (ACME,)
+    res = ops.admin(p, "ACTIVATE acme", check=False)
+    assert res.returncode != 0 and "55000" in res.stderr
+
+
+def test_kill_closes_one_tenants_clients_only(oproxy):
+    p = oproxy()
+    with ts.connect(p, "alice") as a1, ts.connect(p, "alice") as a2, ts.connect(p, "bob") as bob:
+        a2.execute("BEGIN")
+        a2.execute("SELECT 1")
+        res = ops.admin(p, "KILL acme")
+        assert res.stdout.strip() == "KILL 2", res.stdout
+        for conn in (a1, a2):
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+        assert bob.execute("SELECT 'ok'").fetchone() == ("ok",)
+    with ts.connect(p, "alice") as again:
+        assert again.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_reload_applies_config_and_map_and_keeps_the_old_on_error(oproxy):
+    p = oproxy()
+    with ts.connect(p, "alice") as alice:
+        # the map gains an alias; the config a bigger pool
+        p.write_map(ts.default_map(acme={"aliases": ["acme-corp", "roadrunner"]}))
+        p.config["pool"]["size"] = 6
+        p.config_path.write_text(h.render_toml(p.config))
+        ops.admin(p, "RELOAD")
+        assert {r["key"]: r["value"] for r in ops.show(p, "CONFIG")}["pool.size"] == "6"
+        with ts.connect(p, "star", options=ts.tenant_option("roadrunner")) as star:
+            assert star.execute("SELECT current_setting('nile.tenant_id')").fetchone() == (ACME,)
+        # a broken config: RELOAD reports it, what is in force stays
+        p.config_path.write_text(p.config_path.read_text() + "\n[pool]\nsize = \"many\"\n")
+        res = ops.admin(p, "RELOAD", check=False)
+        assert res.returncode != 0 and "F0000" in res.stderr, res.stderr
+        assert {r["key"]: r["value"] for r in ops.show(p, "CONFIG")}["pool.size"] == "6"
+        assert alice.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_shutdown_drains_and_exits(oproxy):
+    p = oproxy()
+    with ts.connect(p, "alice") as alice:
+        alice.execute("SELECT 1")
+        ops.admin(p, "SHUTDOWN")
+        assert p.proc.wait(timeout=40) == 0, p.stderr()
+        with pytest.raises(psycopg.OperationalError):
+            alice.execute("SELECT 1")
+
+
+# --------------------------------------------------------------------------------------------
+# under load
+
+
+def test_reload_and_suspension_under_load_lose_nothing(oproxy, ocluster):
+    ops.clear_workload_rows(ocluster)
+    p = oproxy(size=4)
+    acme = ops.Workload(lambda: ts.connect(p, "alice"), ACME, clients=4).start()
+    globex = ops.Workload(lambda: ts.connect(p, "bob"), GLOBEX, clients=2).start()
+    try:
+        ps.wait_until(lambda: acme.committed >= 50 and globex.committed >= 20, 60, "workload to run")
+        for _ in range(3):
+            ops.admin(p, "RELOAD")
+            p.sighup()
+        ops.admin(p, "SUSPEND globex")
+        seen = acme.committed
+        ps.wait_until(lambda: acme.committed >= seen + 50, 60, "acme to go on while globex is suspended")
+        ps.wait_until(lambda: globex.errors, 30, "globex clients to be refused")
+    finally:
+        acme.stop()
+        globex.stop()
+        ops.admin(p, "ACTIVATE globex")
+    assert acme.errors == [], acme.errors[:3]
+    assert globex.mid_transaction_errors == [], globex.mid_transaction_errors[:3]
+    # at the next statement (28000), then at each reconnect (FATAL 28000 during log-in)
+    assert all(sqlstate(e) == "28000" or "is not active" in str(e) for e in globex.boundary_errors), \
+        globex.boundary_errors[:3]
+    # every row a client saw committed is there, and nothing else
+    assert ops.todo_ids(ocluster, ACME) == acme.confirmed
+    assert ops.todo_ids(ocluster, GLOBEX) == globex.confirmed
+
+
+@pytest.fixture(scope="module")
+def second_cluster():
+    c = ts.TenancyCluster().start()
+    yield c
+    c.destroy()
+
+
+def test_move_a_tenant_between_two_postgres_servers_under_load(oproxy, ocluster, second_cluster):
+    """PAUSE acme, copy its rows to the second server, place it there, RELOAD, RESUME: its
+    clients wait and go on against the new server; every committed row is on exactly one
+    server, and it is the new one."""
+    ops.clear_workload_rows(ocluster)
+    ops.clear_workload_rows(second_cluster)
+    clusters = {"clusters.second": {"host": second_cluster.host, "port": second_cluster.port,
+                                    "user": ts.PROXY_ROLE, "password": ts.PROXY_PW,
+                                    "global_user": ts.OWNER_ROLE, "global_password": ts.OWNER_PW,
+                                    "database": ts.APP_DB}}
+    p = oproxy(size=4, **clusters)
+    work = ops.Workload(lambda: ts.connect(p, "alice"), ACME, clients=4).start()
+    bob = ops.Workload(lambda: ts.connect(p, "bob"), GLOBEX, clients=1).start()
+    try:
+        ps.wait_until(lambda: work.committed >= 40, 60, "workload to commit on the first server")
+        ops.admin(p, "PAUSE acme")
+        before = work.committed
+        # operator's copy while acme is paused
+        rows = ocluster.srv.sql("SELECT id, tenant_id, title FROM todos WHERE tenant_id = %s "
+                                "AND title LIKE 'workload%%'", (ACME,), dbname=ts.APP_DB)
+        with second_cluster.su(ts.APP_DB) as conn:
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO todos (id, tenant_id, title) VALUES (%s, %s, %s)", rows)
+        with ocluster.su(ts.APP_DB) as conn:
+            conn.execute("DELETE FROM todos WHERE tenant_id = %s AND title LIKE 'workload%%'", (ACME,))
+        p.write_map(ts.default_map(acme={"upstream": "second"}))
+        ops.admin(p, "RELOAD")
+        assert {t["name"]: t["cluster"] for t in ops.show(p, "TENANTS")}["acme"] == "second"
+        assert work.committed == before, "no acme transaction may commit while paused"
+        ops.admin(p, "RESUME acme")
+        ps.wait_until(lambda: work.committed >= before + 40, 60, "workload to go on on the second server")
+        servers = ops.show(p, "SERVERS")
+        assert any(s["cluster"] == "second" and s["tenant_id"] == ACME for s in servers), servers
+    finally:
+        work.stop()
+        bob.stop()
+    assert work.errors == [], work.errors[:3]
+    assert bob.errors == [], bob.errors[:3]
+    on_second = ops.todo_ids(second_cluster, ACME)
+    on_first = ops.todo_ids(ocluster, ACME)
+    assert on_first == set(), "acme rows written to the old server after the move"
+    assert on_second == work.confirmed, (len(on_second), len(work.confirmed))
+    assert ops.todo_ids(ocluster, GLOBEX) == bob.confirmed
+
+
+# --------------------------------------------------------------------------------------------
+# several instances
+
+
+def test_cancel_request_reaches_the_instance_that_issued_the_key(oproxy):
+    port1, port2 = h.free_port(), h.free_port()
+    p1 = oproxy(listen_port=port1, server={"instance_id": 1},
+                peers=[{"instance_id": 2, "host": "127.0.0.1", "port": port2}])
+    p2 = oproxy(listen_port=port2, server={"instance_id": 2},
+                peers=[{"instance_id": 1, "host": "127.0.0.1", "port": port1}])
+    with h.RawConn(p1.host, p1.port) as raw:
+        raw.startup("alice", ts.password_of("alice"), ts.APP_DB)
+        assert (raw.backend_pid >> 23) & 0xFF == 1, raw.backend_pid
+        t, out = run_in_thread(lambda: raw.query("SELECT pg_sleep(60)"))
+        ps.wait_until(lambda: client_state(p1, ACME) == ["active"], 20, "the query to run")
+        # a wrong secret sent to the peer cancels nothing
+        h.send_cancel(p2.host, p2.port, raw.backend_pid, raw.backend_secret ^ 1)
+        assert client_state(p1, ACME) == ["active"]
+        assert t.is_alive()
+        h.send_cancel(p2.host, p2.port, raw.backend_pid, raw.backend_secret)
+        t.join(30)
+        assert isinstance(out.get("error"), h.PGError) and out["error"].sqlstate == "57014", out
+        assert raw.query("SELECT 'still usable'") == [["still usable"]]
+        raw.terminate()
+
+
+def test_rolling_restart_on_one_port_loses_no_committed_transaction(oproxy, ocluster):
+    """Three instances take turns on one port (SO_REUSEPORT): start the next, SIGTERM the old.
+    Clients of a closing instance get an error only between transactions, reconnect, and every
+    transaction a client saw committed is in the database, and nothing else is."""
+    ops.clear_workload_rows(ocluster)
+    port = h.free_port()
+    common = dict(mode="session", listen_port=port, server={"reuse_port": True, "shutdown_timeout_seconds": 30})
+    first = oproxy(**common)
+    work = ops.Workload(lambda: ts.connect(first, "alice"), ACME, clients=4).start()
+    try:
+        previous = first
+        for _ in range(2):
+            ps.wait_until(lambda: work.committed >= 30, 60, "workload to commit")
+            following = oproxy(**common)
+            os.kill(previous.pid, signal.SIGTERM)
+            assert previous.proc.wait(timeout=60) == 0, previous.stderr()
+            seen = work.committed
+            ps.wait_until(lambda: work.committed >= seen + 30, 60, "workload to go on with the next instance")
+            previous = following
+    finally:
+        work.stop()
+    assert work.mid_transaction_errors == [], work.mid_transaction_errors[:3]
+    assert ops.todo_ids(ocluster, ACME) == work.confirmed
+    assert work.boundary_errors, "the closing instances told their clients (57P01)"
