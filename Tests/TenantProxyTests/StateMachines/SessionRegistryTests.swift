@@ -148,4 +148,24 @@ final class SessionRegistryTests: XCTestCase {
         XCTAssertEqual(fired, 0)
         XCTAssertEqual(registry.count, 1)
     }
+
+    // MARK: - Instance ids in cancel keys
+
+    func testInstanceIDIsWrittenIntoEveryProcessID() throws {
+        let registry = SessionRegistry(maxSessions: 1_000, instanceID: 7)
+        for _ in 0..<100 {
+            let key = try XCTUnwrap(registry.register(makeSession()))
+            XCTAssertGreaterThan(key.processID, 0)
+            XCTAssertEqual(SessionRegistry.instance(of: key.processID), 7)
+        }
+    }
+
+    func testWithoutAnInstanceIDKeysNameNoInstance() throws {
+        let registry = SessionRegistry(maxSessions: 1_000)
+        for _ in 0..<100 {
+            let key = try XCTUnwrap(registry.register(makeSession()))
+            XCTAssertEqual(SessionRegistry.instance(of: key.processID), 0)
+        }
+        XCTAssertEqual(SessionRegistry.instance(of: Int32(255 << 23) | 12345), 255)
+    }
 }
