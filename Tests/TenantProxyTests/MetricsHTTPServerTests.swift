@@ -37,17 +37,22 @@ final class MetricsHTTPServerTests: XCTestCase {
         )
     }
 
+    private func respond(_ method: HTTPMethod, _ uri: String) -> MetricsHTTPRoutes.Response {
+        let loop = EmbeddedEventLoop()
+        return try! routes.respond(method: method, uri: uri, on: loop).wait()
+    }
+
     // MARK: - Routes
 
     func testMetricsTakesASnapshotPerScrapeAndRendersIt() {
-        let first = routes.respond(method: .GET, uri: "/metrics")
+        let first = respond(.GET, "/metrics")
         XCTAssertEqual(first.status, .ok)
         XCTAssertEqual(first.contentType, "text/plain; version=0.0.4; charset=utf-8")
         XCTAssertTrue(first.body.contains("tenant_proxy_waiting_clients 3.0\n"), first.body)
         XCTAssertTrue(first.body.contains(#"tenant_proxy_clients{state="active"} 2.0"#), first.body)
         XCTAssertTrue(first.body.contains(#"tenant_proxy_queries_total{tenant="acme"} 10"#), first.body)
 
-        let second = routes.respond(method: .GET, uri: "/metrics?name[]=x")
+        let second = respond(.GET, "/metrics?name[]=x")
         XCTAssertEqual(second.status, .ok)
         XCTAssertTrue(second.body.contains(#"tenant_proxy_queries_total{tenant="acme"} 20"#), second.body)
         XCTAssertEqual(scrapes.withLockedValue { $0 }, 2)
@@ -73,7 +78,7 @@ final class MetricsHTTPServerTests: XCTestCase {
         XCTAssertEqual(routes.respond(method: .GET, uri: "/metrics/extra").status, .notFound)
         XCTAssertEqual(routes.respond(method: .POST, uri: "/nope").status, .notFound)
         for method: HTTPMethod in [.POST, .PUT, .DELETE, .HEAD] {
-            let response = routes.respond(method: method, uri: "/metrics")
+            let response = respond(method, "/metrics")
             XCTAssertEqual(response.status, .methodNotAllowed, "\(method)")
             XCTAssertEqual(response.allow, "GET")
         }
@@ -187,7 +192,7 @@ final class MetricsHTTPServerTests: XCTestCase {
             host: "127.0.0.1",
             port: 0,
             metrics: metrics,
-            snapshot: routes.snapshot,
+            gather: routes.gather,
             ready: routes.ready
         )
         XCTAssertNil(server.localAddress)

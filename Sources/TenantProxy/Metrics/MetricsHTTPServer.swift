@@ -23,20 +23,21 @@ final class MetricsHTTPServer: Sendable {
 
     /// - Parameters:
     ///   - port: 0 binds an ephemeral port; read it back from `localAddress`.
-    ///   - snapshot: called on an event loop for each scrape; it must not block.
+    ///   - gather: called on an event loop for each scrape; it must not block (the proxy hops
+    ///     onto each of its loops and answers with a future).
     ///   - ready: answers `/readyz`; called on an event loop, it must not block.
     init(
         group: any EventLoopGroup,
         host: String,
         port: Int,
         metrics: ProxyMetrics,
-        snapshot: @escaping @Sendable () -> MetricsSnapshot,
+        gather: @escaping @Sendable (EventLoop) -> EventLoopFuture<MetricsSnapshot>,
         ready: @escaping @Sendable () -> Bool
     ) {
         self.group = group
         self.host = host
         self.port = port
-        self.routes = MetricsHTTPRoutes(metrics: metrics, snapshot: snapshot, ready: ready)
+        self.routes = MetricsHTTPRoutes(metrics: metrics, gather: gather, ready: ready)
     }
 
     /// The address actually bound (useful when the port is 0); nil before `start()`.
@@ -120,9 +121,35 @@ struct MetricsHTTPRoutes: Sendable {
     static let textContentType = "text/plain; charset=utf-8"
 
     let metrics: ProxyMetrics
-    let snapshot: @Sendable () -> MetricsSnapshot
+    let gather: @Sendable (EventLoop) -> EventLoopFuture<MetricsSnapshot>
     let ready: @Sendable () -> Bool
 
+    init(metrics: ProxyMetrics, gather: @escaping @Sendable (EventLoop) -> EventLoopFuture<MetricsSnapshot>,
+         ready: @escaping @Sendable () -> Bool) {
+        self.metrics = metrics
+        self.gather = gather
+        self.ready = ready
+    }
+
+    /// With a snapshot that is at hand at once.
+    init(metrics: ProxyMetrics, snapshot: @escaping @Sendable () -> MetricsSnapshot, ready: @escaping @Sendable () -> Bool) {
+        self.init(metrics: metrics, gather: { loop in loop.makeSucceededFuture(snapshot()) }, ready: ready)
+    }
+
+    /// The answer, once the snapshot (for /metrics) is gathered; on `loop`.
+    func respond(method: HTTPMethod, uri: String, on loop: EventLoop) -> EventLoopFuture<Response> {
+        let immediate = respond(method: method, uri: uri)
+        guard immediate.status == .ok, immediate.contentType == Self.metricsContentType else {
+            return loop.makeSucceededFuture(immediate)
+        }
+        let metrics = self.metrics
+        return gather(loop).map { snapshot in
+            metrics.update(from: snapshot)
+            return Response(status: .ok, contentType: Self.metricsContentType, body: metrics.render())
+        }
+    }
+
+    /// Routing without the snapshot: /metrics answers with what was last gathered.
     func respond(method: HTTPMethod, uri: String) -> Response {
         let path =
             uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? uri
@@ -139,7 +166,6 @@ struct MetricsHTTPRoutes: Sendable {
         }
         switch path {
         case "/metrics":
-            metrics.update(from: snapshot())
             return Response(status: .ok, contentType: Self.metricsContentType, body: metrics.render())
         case "/readyz":
             return ready()
@@ -175,7 +201,17 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head = request else { return }
             request = nil
-            write(routes.respond(method: head.method, uri: head.uri), for: head, context: context)
+            let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+            routes.respond(method: head.method, uri: head.uri, on: context.eventLoop).whenComplete { [self] result in
+                let context = boundContext.value
+                switch result {
+                case .success(let response):
+                    write(response, for: head, context: context)
+                case .failure:
+                    write(MetricsHTTPRoutes.Response(status: .internalServerError, contentType: MetricsHTTPRoutes.textContentType,
+                                   body: "could not gather metrics\n"), for: head, context: context)
+                }
+            }
         }
     }
 

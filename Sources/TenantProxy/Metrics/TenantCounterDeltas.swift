@@ -59,7 +59,8 @@ struct TenantCounterDeltas {
 }
 
 extension TenantCounters {
-    fileprivate mutating func add(_ other: TenantCounters) {
+    /// Adds another set of totals for the same tenant (another loop's, or a duplicate entry).
+    mutating func add(_ other: TenantCounters) {
         transactions += other.transactions
         queries += other.queries
         errors += other.errors

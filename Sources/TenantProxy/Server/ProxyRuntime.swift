@@ -16,6 +16,8 @@ final class ProxyRuntime: @unchecked Sendable {
     let mockSecret: [UInt8]
 
     let throttle: LoginThrottle
+    /// Prometheus series (scraped from the metrics endpoint when one is configured).
+    let metrics: ProxyMetrics
     let scramKeys = SCRAMKeyCache()
     /// Set once at start, before the listener accepts anyone.
     private(set) var jwtVerifier: JWTVerifier?
@@ -50,6 +52,7 @@ final class ProxyRuntime: @unchecked Sendable {
         self._map = map
         self.logger = logger
         self.registry = SessionRegistry(maxSessions: config.server.maxClientConnections, instanceID: config.server.instanceID)
+        self.metrics = ProxyMetrics(maxTenantLabels: config.metrics.maxTenantLabels)
         self.throttle = LoginThrottle(limit: config.auth.lockoutFailures, windowSeconds: config.auth.lockoutWindowSeconds,
                                       lockoutSeconds: config.auth.lockoutSeconds)
         self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)

@@ -10,6 +10,7 @@ final class ProxyServer: @unchecked Sendable {
     let runtime: ProxyRuntime
     let group: MultiThreadedEventLoopGroup
     private var listener: Channel?
+    private var metricsServer: MetricsHTTPServer?
     private let done: EventLoopPromise<Void>
 
     init(runtime: ProxyRuntime) {
@@ -38,6 +39,22 @@ final class ProxyServer: @unchecked Sendable {
         let config = runtime.config.server
         listener = try bootstrap.bind(host: config.listenHost, port: config.listenPort).wait()
         runtime.logger.info("listening", metadata: ["address": "\(listener?.localAddress.map { "\($0)" } ?? "?")"])
+        try startMetrics()
+    }
+
+    /// /metrics, /healthz and /readyz on their own port, served by the same event loops (a scrape
+    /// gathers each loop's view with futures, never blocking one).
+    private func startMetrics() throws {
+        let settings = runtime.config.metrics
+        guard settings.listenPort > 0 else { return }
+        let runtime = self.runtime
+        let server = MetricsHTTPServer(
+            group: group, host: settings.listenHost, port: settings.listenPort, metrics: runtime.metrics,
+            gather: { loop in runtime.metricsSnapshot(on: loop) },
+            ready: { !runtime.isDraining })
+        try server.start()
+        metricsServer = server
+        runtime.logger.info("metrics endpoint", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? "?")"])
     }
 
     /// Stops accepting, lets sessions finish up to the configured timeout, then closes the rest.
@@ -82,7 +99,7 @@ final class ProxyServer: @unchecked Sendable {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(2)
         }
-        let logger = ProxyLogging.makeLogger(level: config.log.level)
+        let logger = ProxyLogging.makeLogger(level: config.log.level, format: config.log.format)
         let server = ProxyServer(runtime: ProxyRuntime(config: config, map: map, logger: logger, configPath: configPath))
         do {
             try server.runtime.prepareSecurity()
@@ -100,6 +117,7 @@ final class ProxyServer: @unchecked Sendable {
     /// Blocks until `shutdown()` has finished draining, then stops the event loops.
     func waitUntilStopped() {
         try? done.futureResult.wait()
+        _ = try? metricsServer?.close().wait()
         runtime.logger.info("stopped")
         try? group.syncShutdownGracefully()
     }

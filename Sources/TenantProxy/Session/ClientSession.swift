@@ -384,6 +384,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// authentication failures towards the address's lockout.
     private func refuseLogin(_ error: ProxyError, count: Bool) {
         if count { runtime.throttle.recordFailure(clientAddress) }
+        runtime.metrics.authFailure(reason: Self.failureReason(error))
         let delay = runtime.config.auth.failureDelayMilliseconds
         guard delay > 0, error.sqlState.hasPrefix("28") else { return fail(error) }
         refusing = true
@@ -392,6 +393,23 @@ final class ClientSession: UpstreamConnectionOwner {
             refusing = false
             fail(error)
         }
+    }
+
+    /// A small fixed set of labels for tenant_proxy_auth_failures_total.
+    static func failureReason(_ error: ProxyError) -> String {
+        switch error.message {
+        case ProxyError.lockedOut.message: return "locked_out"
+        case ProxyError.adminOnly.message: return "admin_only"
+        case ProxyError.cleartextNeedsTLS.message: return "tls_required"
+        case ProxyError.tokenExpired.message: return "token_expired"
+        default: break
+        }
+        if error.sqlState == "28P01" { return "bad_credentials" }
+        if error.message.hasPrefix("tenant") || error.message.contains("tenant") { return "tenant" }
+        if error.message.contains("TLS") || error.message.contains("SSL") { return "tls_required" }
+        if error.message.contains("certificate") { return "certificate" }
+        if error.message.contains("rejected") || error.message.contains("pg_hba") { return "rejected" }
+        return "other"
     }
 
     private func authenticated(user: String, startup: StartupMessage, token: VerifiedToken?) {
@@ -674,7 +692,9 @@ final class ClientSession: UpstreamConnectionOwner {
             waiterID = nil
             if let started = waitStarted {
                 waitStarted = nil
-                tally?.waitMicroseconds += Int((NIODeadline.now() - started).nanoseconds / 1000)
+                let waited = (NIODeadline.now() - started).nanoseconds
+                tally?.waitMicroseconds += Int(waited / 1000)
+                runtime.metrics.poolWait(seconds: Double(waited) / 1e9)
             }
             switch result {
             case .success(let borrowed):
@@ -1024,11 +1044,13 @@ final class ClientSession: UpstreamConnectionOwner {
             if verdict.refusal == nil, transactionPooling {
                 transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: false)
                 if let refusal = transactionVerdict.refusal {
+                    countRefusal("session_state")
                     cycleNotes.append(.answered([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)]))
                     return .replace([syncFrame()])
                 }
             }
             if let refusal = verdict.refusal {
+                countRefusal("context")
                 cycleNotes.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]))
                 return .replace([syncFrame()])
             }
@@ -1072,12 +1094,14 @@ final class ClientSession: UpstreamConnectionOwner {
             extendedOpen = true
             let verdict = inspect(frame.payload, skippingName: true)
             if let refusal = verdict.refusal {
+                countRefusal("context")
                 refuseBatch(ProxyError.guardRefusal(refusal).errorResponse, now: nothingPending)
                 return .drop
             }
             if transactionPooling {
                 let transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: true)
                 if let refusal = transactionVerdict.refusal {
+                    countRefusal("session_state")
                     refuseBatch(ProxyError.sessionStateRefused(refusal).errorResponse, now: nothingPending)
                     return .drop
                 }
@@ -1122,6 +1146,7 @@ final class ClientSession: UpstreamConnectionOwner {
         case FrontendMessageID.functionCall.rawValue:
             guard tenantStillActive() else { return .closed }
             if let guardian = statementGuard, let refusal = guardian.inspectFunctionCall().refusal {
+                countRefusal("function_call")
                 cycleNotes.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]))
                 return .replace([syncFrame()])
             }
@@ -1146,6 +1171,11 @@ final class ClientSession: UpstreamConnectionOwner {
             // Copy data and the like.
             return .forward
         }
+    }
+
+    private func countRefusal(_ kind: String) {
+        tally?.guardRefusals += 1
+        runtime.metrics.guardRefusal(tenant: binding?.tenant?.id, kind: kind)
     }
 
     private func refuseBatch(_ error: ErrorResponse, now: Bool) {

@@ -33,16 +33,3 @@ final class LoopStats {
         tallies.mapValues(\.counters)
     }
 }
-
-extension TenantCounters {
-    /// Adds another loop's totals for the same tenant.
-    mutating func add(_ other: TenantCounters) {
-        transactions += other.transactions
-        queries += other.queries
-        errors += other.errors
-        bytesReceived += other.bytesReceived
-        bytesSent += other.bytesSent
-        waitMicroseconds += other.waitMicroseconds
-        clients += other.clients
-    }
-}
