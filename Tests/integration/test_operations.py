@@ -419,3 +419,104 @@ def test_rolling_restart_on_one_port_loses_no_committed_transaction(oproxy, oclu
     assert work.mid_transaction_errors == [], work.mid_transaction_errors[:3]
     assert ops.todo_ids(ocluster, ACME) == work.confirmed
     assert work.boundary_errors, "the closing instances told their clients (57P01)"
+
+
+# --------------------------------------------------------------------------------------------
+# metrics and logs
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def series(text: str) -> dict[str, float]:
+    """'name{labels}' -> value, for every sample line."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def sample(values: dict[str, float], name: str, **labels: str) -> float:
+    """The value of one series whose labels include `labels` (0 when absent)."""
+    for key, value in values.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            return value
+    return 0.0
+
+
+def test_metrics_after_a_known_workload(oproxy):
+    port = h.free_port()
+    p = oproxy(size=2, metrics={"listen_port": port, "max_tenant_labels": 1})
+    assert scrape(port, "/healthz") == (200, "ok\n")
+    assert scrape(port, "/readyz") == (200, "ready\n")
+    assert scrape(port, "/nope")[0] == 404
+    with ts.connect(p, "alice") as alice, ts.connect(p, "bob") as bob:
+        for _ in range(5):
+            alice.execute("SELECT 1")
+        bob.execute("SELECT 1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            alice.execute("SET nile.tenant_id = %s", (GLOBEX,))
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            alice.execute("LISTEN somewhere")
+        err = ts.connect_error(p, "alice", password="wrong")
+        assert err["C"] == "28P01"
+        status, text = scrape(port)
+        assert status == 200
+        values = series(text)
+        # one tenant label allowed: acme came first, globex is summed under _other
+        assert sample(values, "tenant_proxy_transactions_total", tenant=ACME) == 5
+        assert sample(values, "tenant_proxy_transactions_total", tenant="_other") == 1
+        assert sample(values, "tenant_proxy_tenant_clients", tenant=ACME) == 1
+        assert sample(values, "tenant_proxy_clients", state="idle") == 2
+        assert sample(values, "tenant_proxy_auth_failures_total", reason="bad_credentials") == 1
+        assert sample(values, "tenant_proxy_guard_refusals_total", tenant=ACME, kind="context") == 1
+        assert sample(values, "tenant_proxy_guard_refusals_total", tenant=ACME, kind="session_state") == 1
+        assert sample(values, "tenant_proxy_upstream_connections", state="idle") >= 1
+        assert "tenant_proxy_pool_wait_seconds_bucket" in text
+        assert GLOBEX not in text
+        # counters only grow between scrapes
+        alice.execute("SELECT 1")
+        later = series(scrape(port)[1])
+        assert sample(later, "tenant_proxy_transactions_total", tenant=ACME) == 6
+
+
+def test_readyz_fails_while_draining(oproxy):
+    port = h.free_port()
+    p = oproxy(metrics={"listen_port": port}, server={"shutdown_timeout_seconds": 60})
+    with ts.connect(p, "alice") as alice:
+        alice.execute("BEGIN")
+        os.kill(p.pid, signal.SIGTERM)
+        ps.wait_until(lambda: scrape(port, "/readyz")[0] == 503, 20, "/readyz to report draining")
+        assert scrape(port, "/healthz")[0] == 200
+        alice.execute("COMMIT")
+    assert p.proc.wait(timeout=40) == 0
+
+
+def test_json_logs_carry_tenant_user_client_and_session(oproxy):
+    import json
+    p = oproxy(log={"level": "debug", "format": "json"})
+    with ts.connect(p, "alice") as alice:
+        alice.execute("SELECT 1")
+    ts.connect_error(p, "bob", password="wrong-password-xyz")
+    ps.wait_until(lambda: "refused client" in p.stderr(500), 20, "the refusal to be logged")
+    lines = [line for line in p.stderr_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]   # every line is one JSON object
+    assert all({"ts", "level", "msg"} <= r.keys() for r in records)
+    session_lines = [r for r in records if r.get("user") == "alice" and "session" in r]
+    assert session_lines, records[-5:]
+    for r in session_lines:
+        assert r["tenant"] == "acme" and r["client"].startswith("127.0.0.1:"), r
+    text = "\n".join(lines)
+    assert "wrong-password-xyz" not in text and ts.PROXY_PW not in text and ts.OWNER_PW not in text

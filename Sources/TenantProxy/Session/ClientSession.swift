@@ -1128,7 +1128,7 @@ final class ClientSession: UpstreamConnectionOwner {
             extendedOpen = false
             if let error = refusedBatch {
                 refusedBatch = nil
-                cycleNotes.append(refusedBatchSent ? .plain : .answered([.errorResponse(error)]))
+                cycleNotes.append(.answered(refusedBatchSent ? [] : [.errorResponse(error)]))
                 refusedBatchSent = false
                 return .forward
             }
@@ -1175,6 +1175,7 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private func countRefusal(_ kind: String) {
         tally?.guardRefusals += 1
+        tally?.errors += 1
         runtime.metrics.guardRefusal(tenant: binding?.tenant?.id, kind: kind)
     }
 
@@ -1509,11 +1510,15 @@ final class ClientSession: UpstreamConnectionOwner {
             .flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
         parseOrigins.removeAll()
+        let note = cycleNotes.isEmpty ? CycleNote.plain : cycleNotes.removeFirst()
         if let tally {
             tally.queries += 1
-            if status == .idle { tally.transactions += 1 }
+            // Answered by the proxy (a refusal, DEALLOCATE): no transaction ran upstream.
+            if case .answered = note {} else if status == .idle {
+                tally.transactions += 1
+            }
         }
-        return cycleNotes.isEmpty ? .plain : cycleNotes.removeFirst()
+        return note
     }
 
     /// After RESET ALL / DISCARD ALL ran: the context (and in transaction mode the settings) again,
