@@ -395,6 +395,30 @@ def test_cancel_request_reaches_the_instance_that_issued_the_key(oproxy):
         raw.terminate()
 
 
+def test_cancel_between_instances_sharing_one_port_goes_through_cancel_ports(oproxy, ocluster):
+    """Two instances on one port (SO_REUSEPORT), each with a cancel port of its own: a cancel
+    request sent to the shared port lands on either one, and reaches the query either way (one
+    hop at most: the cancel ports never forward)."""
+    port, c1, c2 = h.free_port(), h.free_port(), h.free_port()
+    oproxy(listen_port=port, server={"instance_id": 1, "reuse_port": True, "cancel_port": c1},
+           peers=[{"instance_id": 2, "host": "127.0.0.1", "port": c2}])
+    oproxy(listen_port=port, server={"instance_id": 2, "reuse_port": True, "cancel_port": c2},
+           peers=[{"instance_id": 1, "host": "127.0.0.1", "port": c1}])
+    for n in range(6):
+        mark = f"cancel_{n}_{os.urandom(3).hex()}"
+        with h.RawConn("127.0.0.1", port) as raw:
+            raw.startup("alice", ts.password_of("alice"), ts.APP_DB)
+            assert (raw.backend_pid >> 23) & 0xFF in (1, 2)
+            t, out = run_in_thread(lambda: raw.query(f"SELECT pg_sleep(60) /* {mark} */"))
+            ps.wait_until(lambda: ocluster.srv.sql(
+                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s",
+                (f"%{mark}%",)), 20, "the query to run")
+            h.send_cancel("127.0.0.1", port, raw.backend_pid, raw.backend_secret)
+            t.join(30)
+            assert isinstance(out.get("error"), h.PGError) and out["error"].sqlstate == "57014", out
+            raw.terminate()
+
+
 def test_rolling_restart_on_one_port_loses_no_committed_transaction(oproxy, ocluster):
     """Three instances take turns on one port (SO_REUSEPORT): start the next, SIGTERM the old.
     Clients of a closing instance get an error only between transactions, reconnect, and every
@@ -520,3 +544,26 @@ def test_json_logs_carry_tenant_user_client_and_session(oproxy):
         assert r["tenant"] == "acme" and r["client"].startswith("127.0.0.1:"), r
     text = "\n".join(lines)
     assert "wrong-password-xyz" not in text and ts.PROXY_PW not in text and ts.OWNER_PW not in text
+
+
+def test_tenant_map_behind_a_swapped_symlink_is_reloaded(oproxy):
+    """Kubernetes updates a mounted ConfigMap as tenants.toml -> ..data/tenants.toml with ..data
+    a symlink to a fresh directory that it swaps: the file the proxy names never changes, only
+    where its chain of links ends. The watcher follows the chain."""
+    p = oproxy(start=False)
+    v1, v2 = p.dir / "..2026_v1", p.dir / "..2026_v2"
+    v1.mkdir()
+    v2.mkdir()
+    (v1 / "tenants.toml").write_text(ts.default_map())
+    (v2 / "tenants.toml").write_text(ts.default_map(acme={"aliases": ["acme-corp", "wile-e"]}))
+    data = p.dir / "..data"
+    data.symlink_to(v1.name)
+    p.map_path.unlink()
+    p.map_path.symlink_to("..data/tenants.toml")
+    p.start()
+    assert ts.try_connect(p, "star", options=ts.tenant_option("wile-e")) is not None
+    tmp = p.dir / "..data_tmp"
+    tmp.symlink_to(v2.name)
+    os.replace(tmp, data)
+    ps.wait_until(lambda: ts.try_connect(p, "star", options=ts.tenant_option("wile-e")) is None, 30,
+                  "the swapped map to be loaded")

@@ -16,6 +16,7 @@ enum AdminConfigRows {
         add("server.event_loop_threads", config.server.eventLoopThreads, reloadable: false)
         add("server.reuse_port", config.server.reusePort, reloadable: false)
         add("server.instance_id", config.server.instanceID, reloadable: false)
+        add("server.cancel_port", config.server.cancelPort, reloadable: false)
         add("peers", config.peers.map { "\($0.instanceID)=\($0.host):\($0.port)" }.joined(separator: ","), reloadable: true)
         add("tls.cert_file", config.tls.certFile, reloadable: true)
         add("tls.require", config.tls.require, reloadable: true)

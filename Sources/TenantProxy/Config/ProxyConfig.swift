@@ -14,6 +14,8 @@ struct ProxyConfig: Sendable {
         var reusePort = false
         /// 1-255 when several instances run (it is written into cancel keys); 0 = alone.
         var instanceID = 0
+        /// A port of this instance alone for cancel requests forwarded by peers (0 = none).
+        var cancelPort = 0
     }
 
     /// Another instance behind the same address: cancel requests carrying its id go there.
@@ -169,6 +171,7 @@ struct ProxyConfig: Sendable {
             "server", "event_loop_threads", default: config.server.eventLoopThreads, range: 0...256)
         config.server.reusePort = reader.bool("server", "reuse_port", default: false)
         config.server.instanceID = reader.int("server", "instance_id", default: 0, range: 0...255)
+        config.server.cancelPort = reader.int("server", "cancel_port", default: 0, range: 0...65535)
         config.peers = readPeers(reader: &reader, instanceID: config.server.instanceID)
 
         config.metrics.listenHost = reader.string("metrics", "listen_host", default: config.metrics.listenHost)

@@ -193,6 +193,7 @@ final class ProxyRuntime: @unchecked Sendable {
         if old.server.eventLoopThreads != new.server.eventLoopThreads { keys.append("server.event_loop_threads") }
         if old.server.reusePort != new.server.reusePort { keys.append("server.reuse_port") }
         if old.server.instanceID != new.server.instanceID { keys.append("server.instance_id") }
+        if old.server.cancelPort != new.server.cancelPort { keys.append("server.cancel_port") }
         if old.server.maxClientConnections != new.server.maxClientConnections { keys.append("server.max_client_connections") }
         if old.pool.mode != new.pool.mode { keys.append("pool.mode") }
         if old.tenancy.tenantSetting != new.tenancy.tenantSetting || old.tenancy.userSetting != new.tenancy.userSetting {
@@ -275,8 +276,11 @@ final class ProxyRuntime: @unchecked Sendable {
         if changed { reloadTenantMap() }
     }
 
+    /// Through symlinks: Kubernetes updates a mounted ConfigMap by swapping a symlink, so the
+    /// link itself never changes, only the file it ends at.
     private static func modificationDate(_ path: String) -> Date? {
-        (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
+        let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        return (try? FileManager.default.attributesOfItem(atPath: resolved))?[.modificationDate] as? Date
     }
 
     // MARK: - Admin: suspension and pauses

@@ -11,6 +11,7 @@ final class ProxyServer: @unchecked Sendable {
     let group: MultiThreadedEventLoopGroup
     private var listener: Channel?
     private var metricsServer: MetricsHTTPServer?
+    private var cancelListener: Channel?
     private let done: EventLoopPromise<Void>
 
     init(runtime: ProxyRuntime) {
@@ -40,6 +41,12 @@ final class ProxyServer: @unchecked Sendable {
         listener = try bootstrap.bind(host: config.listenHost, port: config.listenPort).wait()
         runtime.logger.info("listening", metadata: ["address": "\(listener?.localAddress.map { "\($0)" } ?? "?")"])
         try startMetrics()
+        if config.cancelPort > 0 {
+            cancelListener = try ServerBootstrap(group: group)
+                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { channel in channel.pipeline.addHandler(PeerCancelHandler(runtime: runtime)) }
+                .bind(host: config.listenHost, port: config.cancelPort).wait()
+        }
     }
 
     /// /metrics, /healthz and /readyz on their own port, served by the same event loops (a scrape
@@ -66,7 +73,10 @@ final class ProxyServer: @unchecked Sendable {
         let listener = self.listener
         let done = self.done
         let runtime = self.runtime
+        let cancelListener = self.cancelListener
         (listener?.close() ?? group.next().makeSucceededVoidFuture()).whenComplete { _ in
+            // Cancels for the sessions still draining keep arriving from peers until the end.
+            done.futureResult.whenComplete { _ in cancelListener?.close(promise: nil) }
             for session in runtime.registry.allSessions {
                 session.client.eventLoop.execute { session.drain() }
             }
@@ -122,7 +132,8 @@ final class ProxyServer: @unchecked Sendable {
         try? group.syncShutdownGracefully()
     }
 
-    /// SIGTERM and SIGINT drain; SIGHUP reloads the tenant map. The map file is also watched.
+    /// SIGTERM and SIGINT drain; SIGHUP reloads proxy.conf, the tenant map and the TLS
+    /// certificate. The map file is also watched.
     func installSignalHandlers() -> [DispatchSourceSignal] {
         let runtime = self.runtime
         group.next().scheduleRepeatedTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in

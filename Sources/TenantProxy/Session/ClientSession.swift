@@ -1567,20 +1567,8 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func sendCancel(_ request: CancelRequest, host: String, port: Int, what: String) {
-        let logger = self.logger
-        ClientBootstrap(group: client.eventLoop)
-            .connectTimeout(.seconds(Int64(runtime.config.upstream.connectTimeoutSeconds)))
-            .connect(host: host, port: port)
-            .whenComplete { result in
-                switch result {
-                case .success(let channel):
-                    var buffer = channel.allocator.buffer(capacity: 16)
-                    request.encode(into: &buffer)
-                    channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
-                case .failure(let error):
-                    logger.warning("could not forward cancel request", metadata: ["to": "\(what)", "error": "\(error)"])
-                }
-            }
+        CancelSender.send(request, host: host, port: port, on: client.eventLoop, timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds,
+                          logger: logger, what: what)
     }
 
     // MARK: - Shutdown

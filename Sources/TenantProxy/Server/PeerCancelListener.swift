@@ -1,0 +1,67 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PGWire
+
+/// Sends one CancelRequest to a server (the upstream that runs the query, or a peer instance)
+/// and closes; nothing comes back on a cancel connection.
+enum CancelSender {
+    static func send(_ request: CancelRequest, host: String, port: Int, on loop: EventLoop, timeoutSeconds: Int, logger: Logger,
+                     what: String) {
+        ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(Int64(timeoutSeconds)))
+            .connect(host: host, port: port)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    var buffer = channel.allocator.buffer(capacity: 16)
+                    request.encode(into: &buffer)
+                    channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+                case .failure(let error):
+                    logger.warning("could not forward cancel request", metadata: ["to": "\(what)", "error": "\(error)"])
+                }
+            }
+    }
+}
+
+/// `[server] cancel_port`: a listener of this instance alone (never shared through SO_REUSEPORT)
+/// that takes only CancelRequests forwarded by peers. What arrives here is never forwarded
+/// again, so a cancel key travels at most one hop between instances.
+final class PeerCancelHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let runtime: ProxyRuntime
+    private var decoder = PGFrontendDecoder()
+    private var pending: ByteBuffer?
+
+    init(runtime: ProxyRuntime) {
+        self.runtime = runtime
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        if var existing = pending {
+            existing.writeBuffer(&buffer)
+            buffer = existing
+            pending = nil
+        }
+        do {
+            guard let part = try decoder.next(from: &buffer) else {
+                pending = buffer
+                return
+            }
+            if case .startup(.cancel(let request)) = part, let target = runtime.registry.cancelTarget(for: request) {
+                CancelSender.send(CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey), host: target.host,
+                                  port: target.port, on: context.eventLoop, timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds,
+                                  logger: runtime.logger, what: "upstream")
+            }
+        } catch {
+            runtime.logger.info("peer cancel port: unreadable packet", metadata: ["error": "\(error)"])
+        }
+        context.close(promise: nil)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
