@@ -143,6 +143,12 @@ struct DemoCommand: ParsableCommand {
             global_password_file = "owner-password"
             database = "demo"
 
+            [admin]
+            users = ["admin"]
+
+            [metrics]
+            listen_port = \(port + 2755)
+
             [log]
             level = "info"
 
@@ -164,6 +170,8 @@ struct DemoCommand: ParsableCommand {
             print("  PGPASSWORD=bob-demo psql -h 127.0.0.1 -p \(port) -U bob.globex demo # pinned user, tenant globex (by user suffix)")
             print("  PGPASSWORD=app-demo psql -h 127.0.0.1 -p \(port) -U app demo        # switch: SET nile.tenant_id = '<id>'")
             print("  PGPASSWORD=admin-demo psql -h 127.0.0.1 -p \(port) -U admin demo    # global: every tenant, migrations")
+            print("  PGPASSWORD=admin-demo psql -h 127.0.0.1 -p \(port) -U admin proxy   # admin console: SHOW POOLS, SHOW STATS, PAUSE acme, ...")
+            print("  curl http://127.0.0.1:\(port + 2755)/metrics                          # Prometheus metrics")
             print("Then: SELECT * FROM todos;  (acme = \(DemoState.acmeID), globex = \(DemoState.globexID))")
             print("Config: \(configPath). Press Ctrl-C to stop the proxy and the demo PostgreSQL.")
             fflush(stdout)
