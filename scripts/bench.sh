@@ -22,6 +22,7 @@
 #   BENCH_SAMPLING=0.2     share of transactions logged for p99
 #   BENCH_OUT=path         where the table goes (default .build-bench/bench-results.md)
 #   BENCH_KEEP=1           keep the work directory (logs, configs) for inspection
+#   BENCH_PROFILE=proxy-tx perf record -g each cell of these targets into the work directory
 #   BENCH_SKIP_BUILD=1     no build: use $TENANT_PROXY_BIN, default .build-bench/release/tenant-proxy
 # Needs: root or the postgres OS user's rights (Postgres and PgBouncer run as `postgres`),
 # Debian's postgresql-15 (initdb, pg_ctl, pgbench, psql), pgbouncer (installed if missing),

@@ -73,6 +73,9 @@ WARMUP = env_int("BENCH_WARMUP_SECONDS", 2 if QUICK else 5)
 TARGET_FILTER = env_list("BENCH_TARGETS", [])          # e.g. pgbouncer,proxy-tx
 OUT = Path(os.environ.get("BENCH_OUT") or (REPO / ".build-bench" / "bench-results.md"))
 KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
+# BENCH_PROFILE=proxy-tx,pgbouncer: perf record each cell of those targets (implies BENCH_KEEP).
+PROFILE = [t for t in os.environ.get("BENCH_PROFILE", "").split(",") if t]
+KEEP = KEEP or bool(PROFILE)
 RUN_PGBENCH = os.environ.get("BENCH_PGBENCH", "1") != "0"   # 0: idle memory only
 PROXY_BIN = Path(os.environ.get("TENANT_PROXY_BIN", REPO / ".build-bench" / "release" / "tenant-proxy"))
 
@@ -478,6 +481,7 @@ class Target:
     dbname: Callable[[int, str, str], str]   # (process index, protocol, script) -> database
     options: Callable[[int, str], str | None] = lambda i, s: None   # PGOPTIONS
     label_for: Callable[[str, str], str] | None = None              # (protocol, script) -> label
+    pid: int | None = None                                           # for BENCH_PROFILE
 
     def row_label(self, protocol: str, script: str) -> str:
         return self.label_for(protocol, script) if self.label_for else self.label
@@ -528,6 +532,13 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
     per = layout(clients)
     pgbench = str(pg_bin() / "pgbench")
     running = []
+    profiler = None
+    if PROFILE and target.key in PROFILE and target.pid:
+        # perf samples the target's process for the whole cell; the data stays in the work dir.
+        data = work / f"perf-{target.key}-{script}-{protocol}-{clients}{'-C' if connect else ''}.data"
+        profiler = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(target.pid), "-o", str(data)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log(f"profiling {target.key} into {data}")
     for i, c in enumerate(per):
         args = [pgbench, "-n", "-T", str(SECONDS), "-c", str(c),
                 "-j", str(min(2, c) if len(per) == 1 else 1), "-M", protocol,
@@ -572,6 +583,9 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             lat_sum += float(m_lat.group(1)) * n
         if m_fail:
             failed += int(m_fail.group(1))
+    if profiler:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(timeout=60)
     if errors:
         cell.error = errors[0].strip()[:160]
     elif failed:
@@ -787,14 +801,14 @@ def bench(work: Path, procs: Procs) -> int:
                lambda i, proto, s: (f"bench_rls_{tenants[i % TENANTS]}" if s == "rls-select"
                                     else "bench_session" if proto == "prepared" else "bench_tx"),
                label_for=lambda proto, s: ("pgbouncer (session)¹" if proto == "prepared"
-                                           else "pgbouncer (transaction)")),
+                                           else "pgbouncer (transaction)"), pid=bouncer.pid),
         Target("proxy-session", "tenant-proxy (session)", proxy_s.port,
-               lambda i: bench_users[i % TENANTS], BENCH_USER_PW, lambda i, proto, s: DB),
+               lambda i: bench_users[i % TENANTS], BENCH_USER_PW, lambda i, proto, s: DB, pid=proxy_s.pid),
     ]
     if tx_ok:
         targets.append(Target("proxy-tx", "tenant-proxy (transaction)", proxy_t.port,
                               lambda i: bench_users[i % TENANTS], BENCH_USER_PW,
-                              lambda i, proto, s: DB))
+                              lambda i, proto, s: DB, pid=proxy_t.pid))
     if TARGET_FILTER:
         targets = [t for t in targets if t.key in TARGET_FILTER or t.key == "pgbouncer"]
 

@@ -67,7 +67,14 @@ final class UpstreamConnectionHandler: ChannelInboundHandler {
     private var owner: UpstreamConnectionOwner? { connection?.owner ?? loginOwner }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        owner?.upstreamRead(unwrapInboundIn(data))
+        if let owner {
+            owner.upstreamRead(unwrapInboundIn(data))
+        } else if let connection {
+            // An idle pooled connection has nothing to say; bytes now are the server's FATAL on
+            // its way out (pg_terminate_backend, shutdown) or state nobody asked for. Never lend it.
+            connection.broken = true
+            context.close(promise: nil)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -105,6 +105,11 @@ final class UpstreamPool {
             discard(connection)
             return
         }
+        if !connection.reading {
+            // Paused by a slow reader: an idle connection must read, or its close goes unseen.
+            connection.reading = true
+            connection.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
+        }
         idle[connection.key, default: []].append(connection)
         serveWaiters()
     }
