@@ -89,7 +89,7 @@ cleanup() {
       [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
     done <"$work/pids"
   fi
-  if [ "${BENCH_KEEP:-0}" = 0 ]; then rm -rf "$work"; fi
+  if [ "${BENCH_KEEP:-0}" = 0 ] && [ -z "${BENCH_PROFILE:-}" ]; then rm -rf "$work"; fi
   exit "$rc"
 }
 trap cleanup EXIT

@@ -585,7 +585,11 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             failed += int(m_fail.group(1))
     if profiler:
         profiler.send_signal(signal.SIGINT)
-        profiler.wait(timeout=60)
+        try:
+            profiler.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+            profiler.wait()
     if errors:
         cell.error = errors[0].strip()[:160]
     elif failed:

@@ -79,7 +79,12 @@ final class ClientSession: UpstreamConnectionOwner {
     private var upstreamPending: ByteBuffer?
 
     private var userNameTenant: String?
-    private var binding: SessionBinding?
+    private var binding: SessionBinding? {
+        didSet { wantedContext = binding.flatMap { runtime.injector.statements(tenant: $0.tenant, userID: $0.userID) } }
+    }
+    /// The context statements this client needs on its connection (nil: none), built once per
+    /// change of the binding, not per transaction.
+    private var wantedContext: String?
     private var statementGuard: StatementGuard?
     private var transactionGuard = TransactionModeGuard()
     private var seenMapGeneration = 0
@@ -745,11 +750,6 @@ final class ClientSession: UpstreamConnectionOwner {
         binding?.tenant?.upstream = current.upstream
         poolKey?.cluster = current.upstream
         if !transactionPooling { fail(.tenantMoved) }
-    }
-    /// The context statements this client needs on its connection (nil: none).
-    private var wantedContext: String? {
-        guard let binding else { return nil }
-        return runtime.injector.statements(tenant: binding.tenant, userID: binding.userID)
     }
 
     /// Queries that give a borrowed connection this client's context and settings, diffed against

@@ -24,11 +24,23 @@ struct ContextInjector: Sendable {
     }
 
     static func literal(_ value: String) -> String {
-        "'" + value.replacingOccurrences(of: "'", with: "''") + "'"
+        quoted(value, by: "'")
     }
 
     static func identifier(_ value: String) -> String {
-        "\"" + value.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+        quoted(value, by: "\"")
+    }
+
+    /// `quote` + value with each quote doubled + `quote`, without Foundation's string search.
+    private static func quoted(_ value: String, by quote: Character) -> String {
+        var out = String(quote)
+        out.reserveCapacity(value.utf8.count + 2)
+        for character in value {
+            if character == quote { out.append(quote) }
+            out.append(character)
+        }
+        out.append(quote)
+        return out
     }
 
     /// The statements that set the context, as one simple-query string; nil when there is nothing

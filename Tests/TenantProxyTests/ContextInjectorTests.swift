@@ -1,0 +1,26 @@
+import XCTest
+
+@testable import TenantProxy
+
+final class ContextInjectorTests: XCTestCase {
+    func testLiteralsAndIdentifiersDoubleTheirQuote() {
+        XCTAssertEqual(ContextInjector.literal("acme"), "'acme'")
+        XCTAssertEqual(ContextInjector.literal("o'brien''s"), "'o''brien''''s'")
+        XCTAssertEqual(ContextInjector.literal(""), "''")
+        XCTAssertEqual(ContextInjector.literal("naïve \"x\""), "'naïve \"x\"'")
+        XCTAssertEqual(ContextInjector.identifier("we\"ird"), "\"we\"\"ird\"")
+        XCTAssertEqual(ContextInjector.identifier("it's"), "\"it's\"")
+    }
+
+    func testStatementsSetTenantSchemaAndUser() {
+        let injector = ContextInjector(tenantSetting: "nile.tenant_id", userSetting: "nile.user_id")
+        var tenant = Tenant(name: "acme", id: "acme-id")
+        XCTAssertEqual(injector.statements(tenant: tenant, userID: "u'1"),
+                       "SET nile.tenant_id = 'acme-id'; SET nile.user_id = 'u''1'")
+        tenant.isolation = .schema
+        tenant.schema = "acme"
+        XCTAssertEqual(injector.statements(tenant: tenant, userID: nil),
+                       "SET nile.tenant_id = 'acme-id'; SET search_path = \"acme\", public")
+        XCTAssertNil(injector.statements(tenant: nil, userID: nil))
+    }
+}
