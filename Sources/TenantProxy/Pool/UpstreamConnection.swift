@@ -48,7 +48,9 @@ final class UpstreamConnection {
     var reading = true
     /// Set when the connection must not be lent again (error mid-protocol, failed context).
     var broken = false
-    weak var owner: UpstreamConnectionOwner?
+    /// Strong, and cleared whenever the connection changes hands (release, discard, close): a
+    /// weak reference would give every session a side table and slow each retain and release.
+    var owner: UpstreamConnectionOwner?
 
     init(channel: Channel, key: PoolKey) {
         self.channel = channel
@@ -60,9 +62,10 @@ final class UpstreamConnection {
 final class UpstreamConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
-    weak var connection: UpstreamConnection?
-    /// Before the connection object exists (login), events go here.
-    weak var loginOwner: UpstreamConnectionOwner?
+    /// Strong: the pipeline drops this handler when the channel closes, which ends the cycle.
+    var connection: UpstreamConnection?
+    /// Before the connection object exists (login), events go here; cleared when login ends.
+    var loginOwner: UpstreamConnectionOwner?
 
     private var owner: UpstreamConnectionOwner? { connection?.owner ?? loginOwner }
 

@@ -89,6 +89,21 @@ final class UpstreamPool {
         return waiter.id
     }
 
+    /// An idle connection for `key` right now (none waiting before this client, the tenant's
+    /// lease granted), or nil: then `acquire` queues the client.
+    func lendNow(key: PoolKey, context: String, tenant: String?) -> UpstreamConnection? {
+        eventLoop.preconditionInEventLoop()
+        guard idle[key]?.isEmpty == false, !waiters.contains(where: { $0.key == key }) else { return nil }
+        pruneIdle(key: key)
+        guard idle[key]?.isEmpty == false else { return nil }
+        if let tenant, !runtime.takeTenantLease(tenant, pool: self) { return nil }
+        guard let connection = takeIdle(key: key, context: context) else {
+            if let tenant { runtime.releaseTenantLease(tenant) }
+            return nil
+        }
+        return connection
+    }
+
     func cancelWait(_ id: Int) {
         guard let index = waiters.firstIndex(where: { $0.id == id }) else { return }
         waiters[index].timeout?.cancel()
@@ -316,6 +331,7 @@ private final class PoolLogin: UpstreamConnectionOwner {
     func finish(_ result: Result<UpstreamConnection, ProxyError>) {
         guard let completion else { return }
         self.completion = nil
+        handler?.loginOwner = nil
         if case .failure = result { channel?.close(promise: nil) }
         completion(result)
     }

@@ -1,3 +1,4 @@
+import Atomics
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -26,7 +27,11 @@ final class ProxyRuntime: @unchecked Sendable {
     private var _config: ProxyConfig
     private var _tls = TLSContexts()
     private var _map: TenantMap
-    private var _mapGeneration = 0
+    /// Bumped (after the change, under the lock) by every reload, SUSPEND and ACTIVATE; read
+    /// without a lock by sessions on each statement.
+    private let _mapGeneration = ManagedAtomic<Int>(0)
+    /// True while any PAUSE is in force: borrows look no further (no lock) while it is false.
+    private let _anyPaused = ManagedAtomic<Bool>(false)
     private var _mapModified: Date?
     private var _draining = false
     private var lookupCache: [String: (record: UpstreamTenantRecord?, expires: NIODeadline)] = [:]
@@ -36,7 +41,7 @@ final class ProxyRuntime: @unchecked Sendable {
     /// Tenant ids suspended from the admin console (on top of the map's own status).
     private var suspendedTenants: Set<String> = []
     private var pauses: Set<PauseTarget> = []
-    private var pauseWaiters: [ObjectIdentifier: (loop: EventLoop, retry: () -> Void)] = [:]
+    private var pauseWaiters: [ObjectIdentifier: ClientSession] = [:]
     /// One pool per event loop; filled before the listener starts, read-only afterwards.
     private(set) var pools: [ObjectIdentifier: UpstreamPool] = [:]
     /// Traffic totals per event loop, by tenant; filled with the pools.
@@ -90,7 +95,7 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     /// Changes whenever a reload swaps the map; sessions compare it to re-check their tenant cheaply.
-    var mapGeneration: Int { lock.withLock { _mapGeneration } }
+    var mapGeneration: Int { _mapGeneration.load(ordering: .acquiring) }
 
     var isDraining: Bool { lock.withLock { _draining } }
 
@@ -256,7 +261,7 @@ final class ProxyRuntime: @unchecked Sendable {
             let map = try TenantMap.load(path: path, clusters: clusterNames())
             lock.withLock {
                 _map = map
-                _mapGeneration += 1
+                _mapGeneration.wrappingIncrement(ordering: .releasing)
                 _mapModified = modified
                 lookupCache.removeAll()
             }
@@ -288,7 +293,7 @@ final class ProxyRuntime: @unchecked Sendable {
     func suspend(tenantID: String) {
         lock.withLock {
             suspendedTenants.insert(tenantID)
-            _mapGeneration += 1
+            _mapGeneration.wrappingIncrement(ordering: .releasing)
         }
     }
 
@@ -296,7 +301,7 @@ final class ProxyRuntime: @unchecked Sendable {
     func activate(tenantID: String) -> Bool {
         lock.withLock {
             guard suspendedTenants.remove(tenantID) != nil else { return false }
-            _mapGeneration += 1
+            _mapGeneration.wrappingIncrement(ordering: .releasing)
             return true
         }
     }
@@ -310,14 +315,17 @@ final class ProxyRuntime: @unchecked Sendable {
     var pausedTargets: Set<PauseTarget> { lock.withLock { pauses } }
 
     func pause(_ target: PauseTarget) {
-        lock.withLock { _ = pauses.insert(target) }
+        lock.withLock {
+            pauses.insert(target)
+            _anyPaused.store(true, ordering: .releasing)
+        }
     }
 
     /// Lifts a pause; every client held by any pause tries again (those still paused by another
     /// target wait on). False when that target was not paused.
     @discardableResult
     func resume(_ target: PauseTarget) -> Bool {
-        let (wasPaused, waiters) = lock.withLock { () -> (Bool, [(loop: EventLoop, retry: () -> Void)]) in
+        let (wasPaused, waiters) = lock.withLock { () -> (Bool, [ClientSession]) in
             var removed: Bool
             if target == .all {
                 removed = !pauses.isEmpty
@@ -325,11 +333,12 @@ final class ProxyRuntime: @unchecked Sendable {
             } else {
                 removed = pauses.remove(target) != nil
             }
+            _anyPaused.store(!pauses.isEmpty, ordering: .releasing)
             let waiting = Array(pauseWaiters.values)
             pauseWaiters.removeAll()
             return (removed, waiting)
         }
-        for waiter in waiters { waiter.loop.execute(waiter.retry) }
+        for session in waiters { session.client.eventLoop.execute { session.pauseLifted() } }
         return wasPaused
     }
 
@@ -344,18 +353,19 @@ final class ProxyRuntime: @unchecked Sendable {
         lock.withLock { pausedLocked(tenant: tenant, cluster: cluster) }
     }
 
-    /// When the tenant or its cluster is paused, remembers `retry` (run on `loop` at RESUME) and
-    /// returns true; otherwise false and the caller goes on.
-    func holdIfPaused(tenant: String?, cluster: String, id: ObjectIdentifier, loop: EventLoop, retry: @escaping () -> Void) -> Bool {
-        lock.withLock {
+    /// When the tenant or its cluster is paused, remembers the session (RESUME calls its
+    /// `pauseLifted()` on its loop) and returns true; otherwise false and the caller goes on.
+    func holdIfPaused(tenant: String?, cluster: String, session: ClientSession) -> Bool {
+        guard _anyPaused.load(ordering: .acquiring) else { return false }
+        return lock.withLock {
             guard pausedLocked(tenant: tenant, cluster: cluster) else { return false }
-            pauseWaiters[id] = (loop, retry)
+            pauseWaiters[ObjectIdentifier(session)] = session
             return true
         }
     }
 
-    func cancelPauseHold(_ id: ObjectIdentifier) {
-        lock.withLock { _ = pauseWaiters.removeValue(forKey: id) }
+    func cancelPauseHold(_ session: ClientSession) {
+        lock.withLock { _ = pauseWaiters.removeValue(forKey: ObjectIdentifier(session)) }
     }
 
     var pausedClientCount: Int { lock.withLock { pauseWaiters.count } }

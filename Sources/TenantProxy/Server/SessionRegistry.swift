@@ -13,10 +13,23 @@ final class SessionRegistry: @unchecked Sendable {
         var port: Int
     }
 
+    /// Where a session's cancel requests go right now. Each session has its own (its own lock),
+    /// so the lend and return of every transaction never take the registry's lock.
+    final class CancelSlot: @unchecked Sendable {
+        private let lock = NIOLock()
+        private var target: CancelTarget?
+
+        func set(_ target: CancelTarget?) {
+            lock.withLock { self.target = target }
+        }
+
+        var current: CancelTarget? { lock.withLock { target } }
+    }
+
     private struct Entry {
         var secret: Int32
         var session: ClientSession
-        var cancelTarget: CancelTarget?
+        var slot: CancelSlot
     }
 
     private let lock = NIOLock()
@@ -44,7 +57,7 @@ final class SessionRegistry: @unchecked Sendable {
 
     /// Registers a session and returns the key the client will use to cancel its queries, or nil
     /// when the global client limit is reached.
-    func register(_ session: ClientSession) -> BackendKeyData? {
+    func register(_ session: ClientSession, cancelSlot: CancelSlot = CancelSlot()) -> BackendKeyData? {
         lock.withLock {
             guard entries.count < maxSessions else { return nil }
             var processID: Int32
@@ -57,13 +70,13 @@ final class SessionRegistry: @unchecked Sendable {
                 }
             } while entries[processID] != nil
             let secret = Int32.random(in: Int32.min...Int32.max, using: &generator)
-            entries[processID] = Entry(secret: secret, session: session, cancelTarget: nil)
+            entries[processID] = Entry(secret: secret, session: session, slot: cancelSlot)
             return BackendKeyData(processID: processID, secretKey: secret)
         }
     }
 
     func setCancelTarget(_ target: CancelTarget?, for processID: Int32) {
-        lock.withLock { entries[processID]?.cancelTarget = target }
+        lock.withLock { entries[processID]?.slot }?.set(target)
     }
 
     func unregister(_ processID: Int32) {
@@ -80,12 +93,13 @@ final class SessionRegistry: @unchecked Sendable {
 
     /// The upstream query a cancel request names, when its secret matches (compared in constant time).
     func cancelTarget(for request: CancelRequest) -> CancelTarget? {
-        lock.withLock {
+        let slot: CancelSlot? = lock.withLock {
             guard let entry = entries[request.processID] else { return nil }
             let difference = entry.secret ^ request.secretKey
             guard difference == 0 else { return nil }
-            return entry.cancelTarget
+            return entry.slot
         }
+        return slot?.current
     }
 
     var allSessions: [ClientSession] {

@@ -145,6 +145,7 @@ final class ClientSession: UpstreamConnectionOwner {
     private var userName = ""
     private var databaseName = ""
     private let connectedAt = Date()
+    private let cancelSlot = SessionRegistry.CancelSlot()
 
     /// Status of the last ReadyForQuery relayed: shutdown closes idle sessions at a boundary.
     private var transactionStatus: TransactionStatus = .idle
@@ -459,7 +460,7 @@ final class ClientSession: UpstreamConnectionOwner {
             guard runtime.addTenantClient(tenant) else { return fail(.tenantTooManyClients) }
             tenantCounted = tenant
         }
-        guard let key = runtime.registry.register(self) else {
+        guard let key = runtime.registry.register(self, cancelSlot: cancelSlot) else {
             fail(.tooManyClients)
             return
         }
@@ -656,41 +657,38 @@ final class ClientSession: UpstreamConnectionOwner {
             return
         }
         // Learn the server's parameters (or look the tenant up) on a borrowed connection.
-        borrow { [self] in
-            if let uuid = pendingLookup {
-                inject([runtime.injector.lookupStatements(uuid: uuid, userID: binding.userID)], purpose: .lookup(uuid: uuid))
-            } else if let member = pendingMembership {
-                checkMembership(member)
-            } else {
-                startupParameters = pool?.serverParameters[key] ?? []
-                giveBack()
-                becomeReady()
-            }
-        }
+        borrow(for: .login)
     }
 
-    /// Borrows a connection from the loop's pool; the client is paused meanwhile.
-    private func borrow(then attached: @escaping () -> Void) {
+    /// Why a connection is borrowed: what to do once it is attached.
+    private enum BorrowPurpose {
+        /// Log-in in transaction mode: look the tenant up, check membership, or learn the
+        /// server's parameters.
+        case login
+        /// The client's next transaction: its held bytes go out behind the prelude.
+        case transaction
+    }
+
+    /// Borrows a connection from the loop's pool; the client is paused meanwhile. An idle
+    /// connection is taken at once without allocating anything; otherwise the client waits.
+    private func borrow(for purpose: BorrowPurpose) {
         refreshPlacement()
         guard let pool, let poolKey else {
             logger.error("no pool for this event loop")
             return fail(.upstreamUnavailable)
         }
-        let held = runtime.holdIfPaused(tenant: tenantLease, cluster: poolKey.cluster, id: ObjectIdentifier(self), loop: client.eventLoop) {
-            [weak self] in
-            guard let self, self.heldByPause, self.phase != .closed else { return }
-            self.heldByPause = false
-            self.borrow(then: attached)
-        }
-        if held {
+        if runtime.holdIfPaused(tenant: tenantLease, cluster: poolKey.cluster, session: self) {
+            pausedPurpose = purpose
             heldByPause = true
             clientPaused = true
             setClientReading(false)
             return
         }
-        logger.trace("borrowing", metadata: ["waiting": "\(pool.waitingCount)", "idle": "\(pool.idleCount)", "open": "\(pool.openCount)"])
         clientPaused = true
         let context = wantedContext ?? ""
+        if let idle = pool.lendNow(key: poolKey, context: context, tenant: tenantLease) {
+            return attach(idle, for: purpose)
+        }
         var answered = false
         let id = pool.acquire(key: poolKey, context: context, tenant: tenantLease) { [self] result in
             answered = true
@@ -703,27 +701,61 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             switch result {
             case .success(let borrowed):
-                guard phase != .closed else {
-                    pool.release(borrowed, tenant: tenantLease)
-                    return
-                }
-                borrowed.owner = self
-                borrowed.lastTenant = tenantLease
-                connection = borrowed
-                setCancelTarget()
-                setUpstreamReading(client.isWritable)
-                attached()
+                attach(borrowed, for: purpose)
             case .failure(let error):
                 logger.warning("no upstream connection", metadata: ["sqlstate": "\(error.sqlState)"])
                 fail(error)
             }
         }
-        // The pool may answer at once (an idle connection); only a real wait is recorded, and
-        // meanwhile what the client sends is held (bounded: reading stops).
+        // A connection opened or freed at once answers before acquire returns; only a real wait
+        // is recorded, and meanwhile what the client sends is held (bounded: reading stops).
         if !answered {
             waiterID = id
             waitStarted = .now()
             setClientReading(false)
+        }
+    }
+
+    private var pausedPurpose: BorrowPurpose = .transaction
+
+    /// RESUME: the borrow a pause held goes ahead (or waits again, if still paused).
+    func pauseLifted() {
+        guard heldByPause, phase == .relaying || phase == .connectingUpstream else { return }
+        heldByPause = false
+        if transactionPooling, connection == nil {
+            borrow(for: pausedPurpose)
+        } else {
+            refreshPlacement()
+            resumeClient()
+        }
+    }
+
+    private func attach(_ borrowed: UpstreamConnection, for purpose: BorrowPurpose) {
+        guard phase != .closed, let pool else {
+            self.pool?.release(borrowed, tenant: tenantLease)
+            return
+        }
+        borrowed.owner = self
+        borrowed.lastTenant = tenantLease
+        connection = borrowed
+        setCancelTarget()
+        setUpstreamReading(client.isWritable)
+        switch purpose {
+        case .transaction:
+            let prelude = preludeQueries(for: borrowed)
+            if !prelude.isEmpty { inject(prelude, purpose: .prelude, flush: false) }
+            resumeClient()
+        case .login:
+            guard let binding else { return }
+            if let uuid = pendingLookup {
+                inject([runtime.injector.lookupStatements(uuid: uuid, userID: binding.userID)], purpose: .lookup(uuid: uuid))
+            } else if let member = pendingMembership {
+                checkMembership(member)
+            } else {
+                startupParameters = poolKey.flatMap { pool.serverParameters[$0] } ?? []
+                giveBack()
+                becomeReady()
+            }
         }
     }
 
@@ -732,7 +764,7 @@ final class ClientSession: UpstreamConnectionOwner {
         guard let connection, let pool else { return }
         self.connection = nil
         parseOrigins.removeAll()
-        if let proxyKey { runtime.registry.setCancelTarget(nil, for: proxyKey.processID) }
+        cancelSlot.set(nil)
         pool.release(connection, tenant: tenantLease)
     }
 
@@ -818,8 +850,8 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func setCancelTarget() {
-        guard let proxyKey, let connection, let key = connection.backendKey else { return }
-        runtime.registry.setCancelTarget(.init(key: key, host: connection.cancelHost, port: connection.cancelPort), for: proxyKey.processID)
+        guard let connection, let key = connection.backendKey else { return }
+        cancelSlot.set(.init(key: key, host: connection.cancelHost, port: connection.cancelPort))
     }
 
     // MARK: - Injected queries
@@ -957,12 +989,7 @@ final class ClientSession: UpstreamConnectionOwner {
             // Hold the bytes where resumeClient finds them; the pool may answer at once.
             clientPending = buffer
             buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
-            borrow { [self] in
-                guard let connection else { return }
-                let prelude = preludeQueries(for: connection)
-                if !prelude.isEmpty { inject(prelude, purpose: .prelude, flush: false) }
-                resumeClient()
-            }
+            borrow(for: .transaction)
             return
         }
         if !transactionPooling, transactionStatus == .idle, !awaitingReply, buffer.readableBytes > 0, holdForPause(&buffer) {
@@ -1003,14 +1030,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Session mode between transactions: a paused tenant's next statement waits for RESUME
     /// (then runs, or ends the session when the tenant moved to another cluster meanwhile).
     private func holdForPause(_ buffer: inout ByteBuffer) -> Bool {
-        let held = runtime.holdIfPaused(tenant: tenantLease, cluster: cluster, id: ObjectIdentifier(self), loop: client.eventLoop) {
-            [weak self] in
-            guard let self, self.heldByPause, self.phase == .relaying else { return }
-            self.heldByPause = false
-            self.refreshPlacement()
-            self.resumeClient()
-        }
-        guard held else { return false }
+        guard runtime.holdIfPaused(tenant: tenantLease, cluster: cluster, session: self) else { return false }
         heldByPause = true
         clientPaused = true
         clientPending = buffer
@@ -1725,8 +1745,10 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         if heldByPause {
             heldByPause = false
-            runtime.cancelPauseHold(ObjectIdentifier(self))
+            runtime.cancelPauseHold(self)
         }
+        loginHandler?.loginOwner = nil
+        loginHandler = nil
         admin?.close()
         if let connection {
             self.connection = nil
@@ -1740,6 +1762,7 @@ final class ClientSession: UpstreamConnectionOwner {
                     pool.release(connection, tenant: tenantLease)
                 }
             } else {
+                connection.owner = nil
                 // Tell the server we are leaving so it does not log an unexpected EOF.
                 let channel = connection.channel
                 var terminate = channel.allocator.buffer(capacity: 5)

@@ -18,8 +18,10 @@ final class ClientChannelHandler: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         let session = ClientSession(client: context.channel, runtime: runtime)
-        session.startTLS = { [weak self, weak session] in
-            guard let self, let session, let tls = self.runtime.tls.server else { return false }
+        // unowned, not weak: a weak reference would give the session a side table, slowing every
+        // retain and release of it; the handler and the session live exactly as long as the channel.
+        session.startTLS = { [unowned self, unowned session] in
+            guard let tls = self.runtime.tls.server else { return false }
             do {
                 try ClientTLS.start(on: context.pipeline.syncOperations, before: self, context: tls, eventLoop: context.eventLoop) {
                     session.serverName = $0
