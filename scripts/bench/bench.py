@@ -76,6 +76,7 @@ KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
 # BENCH_PROFILE=proxy-tx,pgbouncer: perf record each cell of those targets (implies BENCH_KEEP).
 PROFILE = [t for t in os.environ.get("BENCH_PROFILE", "").split(",") if t]
 KEEP = KEEP or bool(PROFILE)
+PROXY_THREADS = env_int("BENCH_PROXY_THREADS", 0)   # tenant-proxy event_loop_threads (0 = one per core)
 RUN_PGBENCH = os.environ.get("BENCH_PGBENCH", "1") != "0"   # 0: idle memory only
 PROXY_BIN = Path(os.environ.get("TENANT_PROXY_BIN", REPO / ".build-bench" / "release" / "tenant-proxy"))
 
@@ -413,7 +414,7 @@ listen_host = "127.0.0.1"
 listen_port = {self.port}
 max_client_connections = {self.max_clients}
 shutdown_timeout_seconds = 2
-event_loop_threads = 0
+event_loop_threads = {PROXY_THREADS}
 
 [auth]
 trust_loopback = false

@@ -80,7 +80,14 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private var userNameTenant: String?
     private var binding: SessionBinding? {
-        didSet { wantedContext = binding.flatMap { runtime.injector.statements(tenant: $0.tenant, userID: $0.userID) } }
+        didSet {
+            // What the hot path asks of the binding, kept apart: reading through the optional
+            // struct copies (and retains) all of it every time.
+            wantedContext = binding.flatMap { runtime.injector.statements(tenant: $0.tenant, userID: $0.userID) }
+            tenantLease = binding?.tenant?.id
+            cluster = binding?.tenant?.upstream ?? "default"
+            isSwitchUser = binding?.mode == .switch
+        }
     }
     /// The context statements this client needs on its connection (nil: none), built once per
     /// change of the binding, not per transaction.
@@ -526,7 +533,8 @@ final class ClientSession: UpstreamConnectionOwner {
     // MARK: - Session pooling: a dedicated upstream connection
 
     /// The cluster this session's tenant lives on.
-    private var cluster: String { binding?.tenant?.upstream ?? "default" }
+    private var cluster = "default"
+    private var isSwitchUser = false
 
     private func connectDedicated() {
         guard let binding else { return }
@@ -768,7 +776,8 @@ final class ClientSession: UpstreamConnectionOwner {
         pool.release(connection, tenant: tenantLease)
     }
 
-    private var tenantLease: String? { binding?.tenant?.id }
+    /// The tenant whose lease a borrow takes (its id).
+    private var tenantLease: String?
 
     /// After a reload, a tenant moved to another cluster borrows from there (transaction mode);
     /// a session-mode client, whose upstream connection is on the old cluster, is ended.
@@ -1313,7 +1322,7 @@ final class ClientSession: UpstreamConnectionOwner {
     private func inspect(_ payload: ByteBuffer, skippingName: Bool) -> GuardVerdict {
         guard let statementGuard else { return .allow }
         var verdict = withSQL(payload, skippingName: skippingName) { statementGuard.inspect(utf8: $0) }
-        if verdict.refusal == nil, binding?.mode == .switch {
+        if verdict.refusal == nil, isSwitchUser {
             for change in verdict.tenantSettingChanges where change.name == runtime.config.tenancy.tenantSetting {
                 if let value = change.value, !switchAllowed(to: value) {
                     verdict.refusal = ProxyError.switchRefused(value).message
@@ -1341,7 +1350,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// A switch user's accepted session-level SET of the tenant becomes its context, so the proxy
     /// restores it on every connection it borrows later.
     private func noteSwitch(_ verdict: GuardVerdict) {
-        guard binding?.mode == .switch else { return }
+        guard isSwitchUser else { return }
         for change in verdict.tenantSettingChanges where change.name == runtime.config.tenancy.tenantSetting && !change.isLocal {
             if let value = change.value {
                 binding?.tenant = runtime.map.tenant(named: value) ?? Tenant(name: value, id: value)
