@@ -34,6 +34,9 @@ final class ProxyServer: @unchecked Sendable {
             .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: runtime.config.server.reusePort ? 1 : 0)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
+            // Client messages are small (queries, binds); a channel keeps its receive buffer while
+            // idle, so start small and let it grow for bigger messages (COPY, large binds).
+            .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536))
             .childChannelInitializer { channel in
                 channel.pipeline.addHandler(ClientChannelHandler(runtime: runtime))
             }

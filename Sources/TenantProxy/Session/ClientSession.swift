@@ -59,7 +59,19 @@ final class ClientSession: UpstreamConnectionOwner {
 
     let client: Channel
     private let runtime: ProxyRuntime
-    private var logger: Logger
+    /// The runtime's logger with this session's client, user, session id and tenant, made when
+    /// something is logged (never on the relay path): kept as a stored Logger, its metadata cost
+    /// every idle client several hundred bytes.
+    private var logger: Logger {
+        var logger = runtime.logger
+        if let address = client.remoteAddress {
+            logger[metadataKey: "client"] = "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
+        }
+        if !userName.isEmpty { logger[metadataKey: "user"] = "\(userName)" }
+        if let proxyKey { logger[metadataKey: "session"] = "\(proxyKey.processID)" }
+        if let name = binding?.tenant?.name { logger[metadataKey: "tenant"] = "\(name)" }
+        return logger
+    }
     private var phase: Phase = .startup
     private let transactionPooling: Bool
 
@@ -164,15 +176,11 @@ final class ClientSession: UpstreamConnectionOwner {
     init(client: Channel, runtime: ProxyRuntime) {
         self.client = client
         self.runtime = runtime
-        self.logger = runtime.logger
         self.transactionPooling = runtime.config.pool.mode == .transaction
         let maxMessage = runtime.config.server.maxMessageBytes
         self.frontendDecoder = PGFrontendDecoder(maxMessageLength: maxMessage)
         self.backendDecoder = PGBackendDecoder(maxMessageLength: maxMessage)
         self.startupMachine = ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret)
-        if let address = client.remoteAddress {
-            logger[metadataKey: "client"] = "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
-        }
     }
 
     static func isLoopback(_ address: SocketAddress?) -> Bool {
@@ -357,7 +365,6 @@ final class ClientSession: UpstreamConnectionOwner {
             refuseLogin(error, count: authentication)
 
         case .authenticated(let user, let startup, let messages, let token):
-            logger[metadataKey: "user"] = "\(user)"
             userName = user
             databaseName = startup.database ?? user
             writeToClient(messages, flush: true)
@@ -472,7 +479,6 @@ final class ClientSession: UpstreamConnectionOwner {
             return
         }
         proxyKey = key
-        logger[metadataKey: "session"] = "\(key.processID)"
         if let token {
             watchExpiry(of: token)
             // The token's user becomes nile.user_id only when it is a member of the tenant.
@@ -481,8 +487,11 @@ final class ClientSession: UpstreamConnectionOwner {
                 pendingMembership = claimed
             }
         }
-        bind(binding)
         desiredSettings = Self.clientSettings(binding.upstreamParameters)
+        // Transaction mode restores desiredSettings on each lend; the raw parameters would only
+        // sit in memory for as long as the client stays.
+        if transactionPooling { binding.upstreamParameters = [:] }
+        bind(binding)
         phase = .connectingUpstream
         if transactionPooling {
             startPooled()
@@ -493,9 +502,6 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private func bind(_ binding: SessionBinding) {
         self.binding = binding
-        if let tenant = binding.tenant {
-            logger[metadataKey: "tenant"] = "\(tenant.name)"
-        }
         tally = runtime.stats(for: client.eventLoop)?.tally(for: binding.tenant?.id ?? "")
         placementGeneration = seenMapGeneration
         let mode: GuardPolicy.Mode
@@ -1639,7 +1645,6 @@ final class ClientSession: UpstreamConnectionOwner {
         if runtime.isDraining { return fail(.notAcceptingConnections) }
         guard let key = runtime.registry.register(self) else { return fail(.tooManyClients) }
         proxyKey = key
-        logger[metadataKey: "session"] = "\(key.processID)"
         logger.info("admin console session")
         phase = .admin
         let console = AdminConsole(runtime: runtime, channel: client, user: user, maxMessageBytes: runtime.config.server.maxMessageBytes) {
