@@ -75,6 +75,9 @@ OUT = Path(os.environ.get("BENCH_OUT") or (REPO / ".build-bench" / "bench-result
 KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
 # BENCH_PROFILE=proxy-tx,pgbouncer: perf record each cell of those targets (implies BENCH_KEEP).
 PROFILE = [t for t in os.environ.get("BENCH_PROFILE", "").split(",") if t]
+# BENCH_PERF_STAT=1: with BENCH_PROFILE, measure CPU time (perf stat task-clock) instead of
+# sampling; the log then shows each profiled cell's CPU microseconds per transaction.
+PERF_STAT = os.environ.get("BENCH_PERF_STAT", "") not in ("", "0")
 KEEP = KEEP or bool(PROFILE)
 PROXY_THREADS = env_int("BENCH_PROXY_THREADS", 0)   # tenant-proxy event_loop_threads (0 = one per core)
 RUN_PGBENCH = os.environ.get("BENCH_PGBENCH", "1") != "0"   # 0: idle memory only
@@ -537,8 +540,9 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
     if PROFILE and target.key in PROFILE and target.pid:
         # perf samples the target's process for the whole cell; the data stays in the work dir.
         data = work / f"perf-{target.key}-{script}-{protocol}-{clients}{'-C' if connect else ''}.data"
-        profiler = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(target.pid), "-o", str(data)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = (["perf", "stat", "-x", ",", "-e", "task-clock", "-p", str(target.pid), "-o", str(data)]
+                   if PERF_STAT else ["perf", "record", "-F", "999", "-g", "-p", str(target.pid), "-o", str(data)])
+        profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log(f"profiling {target.key} into {data}")
     for i, c in enumerate(per):
         args = [pgbench, "-n", "-T", str(SECONDS), "-c", str(c),
@@ -591,6 +595,12 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         except subprocess.TimeoutExpired:
             profiler.kill()
             profiler.wait()
+        if PERF_STAT and processed:
+            for line in data.read_text().splitlines():
+                parts = line.split(",")
+                if len(parts) > 2 and parts[2].startswith("task-clock"):
+                    with contextlib.suppress(ValueError):
+                        log(f"perf stat {target.key}: {float(parts[0]) * 1000 / processed:.2f} CPU µs per transaction")
     if errors:
         cell.error = errors[0].strip()[:160]
     elif failed:

@@ -208,12 +208,16 @@ final class UpstreamPool {
     }
 
     private func takeIdle(key: PoolKey, context: String) -> UpstreamConnection? {
-        while var list = idle[key], !list.isEmpty {
-            // Tenant affinity: the most recently used connection with this context, else the most
-            // recently used of all (its caches are warm).
-            let index = list.lastIndex(where: { $0.context == context }) ?? list.count - 1
-            let connection = list.remove(at: index)
-            idle[key] = list
+        // Tenant affinity: the most recently used connection with this context, else the most
+        // recently used of all (its caches are warm).
+        func pick() -> Int? {
+            guard let list = idle[key], !list.isEmpty else { return nil }
+            return list.lastIndex(where: { $0.context == context }) ?? list.count - 1
+        }
+        while let index = pick() {
+            // Removed in place: holding a copy of the array while removing would make it shared,
+            // and the removal would copy it on every lend.
+            let connection = idle[key]!.remove(at: index)
             if connection.broken || !connection.channel.isActive {
                 counts[key, default: 1] -= 1
                 connection.channel.close(promise: nil)

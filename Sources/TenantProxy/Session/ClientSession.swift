@@ -1244,14 +1244,17 @@ final class ClientSession: UpstreamConnectionOwner {
                 writeToClient(messages, flush: true)
                 return true
             }
+            // Only named statements new to this client qualify: decide that before reading the SQL
+            // (an unnamed Parse, as in pgbench -M extended, goes upstream with its Bind).
             guard frame.type == FrontendMessageID.parse.rawValue,
-                  inspect(frame.payload, skippingName: true).isAllowed,
-                  inspect(frame.payload, skippingName: true).reapplyContextAfter == false,
-                  inspectForTransactionMode(frame.payload, skippingName: true) == .allow
+                  frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self).map({ $0 != 0 }) == true
             else { return false }
             var payload = frame.payload
-            guard let parse = try? Parse.decode(payload: &payload), !parse.name.isEmpty, prepared?[parse.name] == nil,
+            guard let parse = try? Parse.decode(payload: &payload), prepared?[parse.name] == nil,
                   !parses.contains(where: { $0.name == parse.name }) else { return false }
+            let verdict = inspect(frame.payload, skippingName: true)
+            guard verdict.isAllowed, !verdict.reapplyContextAfter,
+                  inspectForTransactionMode(frame.payload, skippingName: true) == .allow else { return false }
             parses.append(parse)
         }
         return false
