@@ -777,7 +777,7 @@ final class ClientSession: UpstreamConnectionOwner {
     private func giveBack() {
         guard let connection, let pool else { return }
         self.connection = nil
-        parseOrigins.removeAll()
+        parseOrigins.removeAll(keepingCapacity: true)
         cancelSlot.set(nil)
         pool.release(connection, tenant: tenantLease)
     }
@@ -821,15 +821,19 @@ final class ClientSession: UpstreamConnectionOwner {
             return queries
         }
         var sets: [String] = []
-        for (name, value) in desiredSettings.sorted(by: { $0.key < $1.key }) where connection.applied[name] != value {
-            guard ContextInjector.isSafeSettingName(name) else { continue }
-            sets.append("SET \(name) = \(ContextInjector.literal(value))")
-            connection.applied[name] = value
-        }
-        for name in connection.applied.keys.sorted() where desiredSettings[name] == nil {
-            guard ContextInjector.isSafeSettingName(name) else { continue }
-            sets.append("RESET \(name)")
-            connection.applied.removeValue(forKey: name)
+        if connection.applied != desiredSettings {
+            // Another client's settings are on it (10 tenants interleaving: the usual case is
+            // equal dictionaries, checked above without sorting anything).
+            for (name, value) in desiredSettings.sorted(by: { $0.key < $1.key }) where connection.applied[name] != value {
+                guard ContextInjector.isSafeSettingName(name) else { continue }
+                sets.append("SET \(name) = \(ContextInjector.literal(value))")
+                connection.applied[name] = value
+            }
+            for name in connection.applied.keys.sorted() where desiredSettings[name] == nil {
+                guard ContextInjector.isSafeSettingName(name) else { continue }
+                sets.append("RESET \(name)")
+                connection.applied.removeValue(forKey: name)
+            }
         }
         if !sets.isEmpty { queries.append(sets.joined(separator: "; ")) }
         connection.settingsStamp = (sessionIdentity, settingsVersion)
@@ -1261,7 +1265,10 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func renameParse(_ frame: PGFrame) -> FrameDecision {
-        guard transactionPooling, var prepared else {
+        // The unnamed statement (an empty name: the payload starts with its terminator) lives
+        // and dies within the transaction: forwarded as is, without decoding it.
+        guard transactionPooling, var prepared,
+              frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) != 0 else {
             parseOrigins.append(false)
             return .forward
         }
@@ -1547,7 +1554,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let status = frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self)
             .flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
-        parseOrigins.removeAll()
+        parseOrigins.removeAll(keepingCapacity: true)
         let note = cycleNotes.isEmpty ? CycleNote.plain : cycleNotes.removeFirst()
         if let tally {
             tally.queries += 1
