@@ -47,15 +47,7 @@ final class AdminConsole {
 
     func read(_ data: ByteBuffer) {
         guard !closed else { return }
-        var buffer: ByteBuffer
-        if var existing = pending {
-            var incoming = data
-            existing.writeBuffer(&incoming)
-            buffer = existing
-            pending = nil
-        } else {
-            buffer = data
-        }
+        var buffer = ByteBuffer.joining(data, after: &pending)
         process(&buffer)
     }
 
@@ -204,12 +196,11 @@ final class AdminConsole {
                    hint: "name a tenant (id, name or alias) from SHOW TENANTS, or CLUSTER <name>")
     }
 
-    /// A tenant of the map by id, name or alias, or an id seen on a live session.
+    /// A tenant of the map by id, name or alias, or by UUID one found in the upstream's tenants
+    /// table at run time (not in the map).
     private func tenant(_ identifier: String) -> (id: String, name: String)? {
         if let tenant = runtime.map.tenant(named: identifier) { return (tenant.id, tenant.name) }
-        guard TenantIdentifier.isValid(identifier) else { return nil }
-        let live = runtime.registry.allSessions.contains { $0.boundTenantID == identifier }
-        return live || runtime.isSuspended(identifier) ? (identifier, identifier) : nil
+        return TenantIdentifier.isUUID(identifier) ? (identifier, identifier) : nil
     }
 
     private func pauseTarget(_ words: [String]) -> PauseTarget? {
@@ -241,12 +232,15 @@ final class AdminConsole {
             }
             return done("ACTIVATE")
         default:
-            var killed = 0
-            for session in runtime.registry.allSessions where session.boundTenantID == tenant.id {
-                killed += 1
-                session.client.eventLoop.execute { session.kill() }
-            }
-            return done("KILL \(killed)")
+            // Each session is looked at and ended on its own loop.
+            let sessions = runtime.sessionsByLoop()
+            return runtime.gather(on: loop) { current in
+                var killed = 0
+                for session in sessions[ObjectIdentifier(current)] ?? [] where session.kill(ifTenant: tenant.id) {
+                    killed += 1
+                }
+                return killed
+            }.map { counts in [.commandComplete(CommandComplete(tag: "KILL \(counts.reduce(0, +))"))] }
         }
     }
 

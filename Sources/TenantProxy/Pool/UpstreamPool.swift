@@ -19,8 +19,23 @@ final class UpstreamPool {
         var context: String
         var tenant: String?
         var completion: Completion
-        var timeout: Scheduled<Void>?
         var since: NIODeadline = .now()
+        /// How often a waiter behind this one went first (tenant affinity); bounded for fairness.
+        var overtaken = 0
+    }
+
+    /// How far down the queue a freed connection looks for a waiter of its own tenant, and how
+    /// often the first in line may be overtaken that way before it is served regardless.
+    static let affinityWindow = 32
+    static let maxOvertaken = 4
+
+    /// Whether a waiter can have a connection now.
+    private enum Service {
+        case lend(() -> Void)
+        /// No idle connection and no room to open one: nobody behind it (same key) can go either.
+        case noConnection
+        /// Its tenant is at tenant_max_connections: others behind it may go.
+        case tenantBlocked
     }
 
     let eventLoop: EventLoop
@@ -31,7 +46,9 @@ final class UpstreamPool {
     private var idle: [PoolKey: [UpstreamConnection]] = [:]
     /// Open plus connecting, per key.
     private var counts: [PoolKey: Int] = [:]
-    private var waiters: [Waiter] = []
+    /// Clients waiting for a connection, first come first served, one queue per key: a release
+    /// serves its key's queue from the front and stops at the first that cannot go.
+    private var waiters: [PoolKey: CircularBuffer<Waiter>] = [:]
     private var nextWaiterID = 0
     /// Server parameters of the first connection of each key, for clients that log in while
     /// no connection is lent to them.
@@ -51,6 +68,11 @@ final class UpstreamPool {
             [weak self] _ in
             self?.closeIdle(olderThan: .seconds(idleTimeout))
         }
+        // One sweep a second ends waits over max_client_wait_seconds (rather than a timer per
+        // waiter, scheduled and cancelled on every wait).
+        eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
+            self?.expireWaiters()
+        }
     }
 
     /// A reloaded [pool] section: new size and wait limit (connections over a smaller size close
@@ -67,7 +89,7 @@ final class UpstreamPool {
 
     var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
     var openCount: Int { counts.values.reduce(0, +) }
-    var waitingCount: Int { waiters.count }
+    var waitingCount: Int { waiters.values.reduce(0) { $0 + $1.count } }
 
     // MARK: - Lending
 
@@ -79,11 +101,11 @@ final class UpstreamPool {
         eventLoop.preconditionInEventLoop()
         nextWaiterID += 1
         let waiter = Waiter(id: nextWaiterID, key: key, context: context, tenant: tenant, completion: completion)
-        if !waiters.contains(where: { $0.key == key }), let lend = serve(waiter) {
+        if waiters[key]?.isEmpty ?? true, case .lend(let lend) = serve(waiter) {
             lend()
             return waiter.id
         }
-        enqueue(waiter)
+        waiters[key, default: CircularBuffer(initialCapacity: 16)].append(waiter)
         // Waiters ahead may be blocked only by their tenant's limit: serve whoever can go now.
         serveWaiters()
         return waiter.id
@@ -93,7 +115,7 @@ final class UpstreamPool {
     /// lease granted), or nil: then `acquire` queues the client.
     func lendNow(key: PoolKey, context: String, tenant: String?) -> UpstreamConnection? {
         eventLoop.preconditionInEventLoop()
-        guard idle[key]?.isEmpty == false, !waiters.contains(where: { $0.key == key }) else { return nil }
+        guard idle[key]?.isEmpty == false, waiters[key]?.isEmpty ?? true else { return nil }
         pruneIdle(key: key)
         guard idle[key]?.isEmpty == false else { return nil }
         if let tenant, !runtime.takeTenantLease(tenant, pool: self) { return nil }
@@ -105,9 +127,12 @@ final class UpstreamPool {
     }
 
     func cancelWait(_ id: Int) {
-        guard let index = waiters.firstIndex(where: { $0.id == id }) else { return }
-        waiters[index].timeout?.cancel()
-        waiters.remove(at: index)
+        for (key, queue) in waiters {
+            if let index = queue.firstIndex(where: { $0.id == id }) {
+                waiters[key]!.remove(at: index)
+                return
+            }
+        }
     }
 
     /// Gives a connection back after a transaction; `tenant` is the borrower's tenant lease.
@@ -148,43 +173,77 @@ final class UpstreamPool {
         guard !servingWaiters else { return }
         servingWaiters = true
         defer { servingWaiters = false }
-        var index = 0
-        while index < waiters.count {
-            let waiter = waiters[index]
-            guard let lend = serve(waiter) else {
-                index += 1
-                continue
+        for key in Array(waiters.keys) {
+            serveByAffinity(key)
+            var offset = 0
+            serving: while let position = waiters[key].flatMap({ queue in
+                offset < queue.count ? queue.index(queue.startIndex, offsetBy: offset) : nil
+            }) {
+                switch serve(waiters[key]![position]) {
+                case .lend(let lend):
+                    waiters[key]!.remove(at: position)
+                    lend()
+                case .noConnection:
+                    break serving
+                case .tenantBlocked:
+                    offset += 1
+                }
             }
-            waiter.timeout?.cancel()
-            waiters.remove(at: index)
+        }
+    }
+
+    /// Idle connections go first to a waiter near the front that wants the context they carry:
+    /// with many tenants and few connections, FIFO alone would RESET and SET the tenant context
+    /// on almost every lend (two more statements upstream per transaction).
+    private func serveByAffinity(_ key: PoolKey) {
+        while let offset = affinityCandidate(key), case .lend(let lend) = serve(waiters[key]![offset]) {
+            waiters[key]!.remove(at: offset)
+            waiters[key]![waiters[key]!.startIndex].overtaken += 1
             lend()
         }
     }
 
-    private func enqueue(_ waiter: Waiter) {
-        var waiting = waiter
-        let seconds = Int64(maxClientWaitSeconds)
-        waiting.timeout = eventLoop.scheduleTask(in: .seconds(seconds)) { [weak self] in
-            guard let self, let index = self.waiters.firstIndex(where: { $0.id == waiter.id }) else { return }
-            let expired = self.waiters.remove(at: index)
-            expired.completion(.failure(.poolTimeout(seconds: Int(seconds))))
+    /// A waiter behind the first one that wants the context of an idle connection, when the first
+    /// one wants none of theirs and has not been overtaken too often. (No copy of the queue
+    /// outlives this call, so removing from it afterwards does not copy it.)
+    private func affinityCandidate(_ key: PoolKey) -> CircularBuffer<Waiter>.Index? {
+        guard let idleList = idle[key], !idleList.isEmpty, let queue = waiters[key], queue.count > 1, let head = queue.first,
+              head.overtaken < Self.maxOvertaken, !idleList.contains(where: { $0.context == head.context }) else { return nil }
+        // Indices of this very buffer (a slice of a CircularBuffer is a new ring with other indices).
+        for offset in 1..<min(queue.count, Self.affinityWindow) {
+            let index = queue.index(queue.startIndex, offsetBy: offset)
+            let wanted = queue[index].context
+            if idleList.contains(where: { $0.context == wanted }) { return index }
         }
-        waiters.append(waiting)
+        return nil
     }
 
-    /// What lending to `waiter` takes, if a connection and the tenant's lease allow it now; nil
-    /// to keep waiting. The caller takes the waiter out of the queue, then runs the result.
-    private func serve(_ waiter: Waiter) -> (() -> Void)? {
+    /// Ends the waits that have lasted max_client_wait_seconds (53300).
+    private func expireWaiters() {
+        let seconds = maxClientWaitSeconds
+        let cutoff = NIODeadline.now() - .seconds(Int64(seconds))
+        for key in Array(waiters.keys) {
+            guard var queue = waiters[key], queue.contains(where: { $0.since <= cutoff }) else { continue }
+            let expired = queue.filter { $0.since <= cutoff }
+            queue.removeAll(where: { $0.since <= cutoff })
+            waiters[key] = queue
+            for waiter in expired { waiter.completion(.failure(.poolTimeout(seconds: seconds))) }
+        }
+    }
+
+    /// What lending to `waiter` takes, if a connection and the tenant's lease allow it now. The
+    /// caller takes the waiter out of the queue, then runs the result.
+    private func serve(_ waiter: Waiter) -> Service {
         pruneIdle(key: waiter.key)
         let available = idle[waiter.key]?.isEmpty == false
         let canOpen = counts[waiter.key, default: 0] < sizePerLoop
-        guard available || canOpen else { return nil }
-        if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) { return nil }
+        guard available || canOpen else { return .noConnection }
+        if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) { return .tenantBlocked }
         if available, let connection = takeIdle(key: waiter.key, context: waiter.context) {
-            return { waiter.completion(.success(connection)) }
+            return .lend { waiter.completion(.success(connection)) }
         }
         counts[waiter.key, default: 0] += 1
-        return { [self] in
+        return .lend { [self] in
             open(key: waiter.key) { [self] result in
                 if case .failure = result {
                     if let tenant = waiter.tenant { runtime.releaseTenantLease(tenant) }
@@ -255,9 +314,9 @@ final class UpstreamPool {
     func poolRows() -> [PoolRow] {
         let now = NIODeadline.now()
         var keys = Set(counts.keys)
-        keys.formUnion(waiters.map(\.key))
+        keys.formUnion(waiters.keys)
         return keys.map { key in
-            let waiting = waiters.filter { $0.key == key }
+            let waiting = Array(waiters[key] ?? [])
             let oldest = waiting.map(\.since).min().map { Double((now - $0).nanoseconds) / 1e9 } ?? 0
             return PoolRow(key: key, open: counts[key, default: 0], idle: idle[key]?.count ?? 0, waiting: waiting.count,
                            oldestWaitSeconds: oldest)
@@ -342,15 +401,7 @@ private final class PoolLogin: UpstreamConnectionOwner {
 
     func upstreamRead(_ data: ByteBuffer) {
         guard completion != nil, let channel else { return }
-        var buffer: ByteBuffer
-        if var existing = pending {
-            var incoming = data
-            existing.writeBuffer(&incoming)
-            buffer = existing
-            pending = nil
-        } else {
-            buffer = data
-        }
+        var buffer = ByteBuffer.joining(data, after: &pending)
         do {
             while completion != nil, let frame = try decoder.next(from: &buffer) {
                 switch machine.receive(try BackendMessage.decode(frame)) {

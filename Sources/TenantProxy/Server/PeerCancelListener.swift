@@ -39,12 +39,7 @@ final class PeerCancelHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
-        if var existing = pending {
-            existing.writeBuffer(&buffer)
-            buffer = existing
-            pending = nil
-        }
+        var buffer = ByteBuffer.joining(unwrapInboundIn(data), after: &pending)
         do {
             guard let part = try decoder.next(from: &buffer) else {
                 pending = buffer

@@ -197,6 +197,8 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private var upstream: Channel? { connection?.channel }
+    /// Bytes a client may send ahead while it waits for a connection before reading stops.
+    static let heldBytesLimit = 64 * 1024
     /// What was last asked of the client channel's autoRead: setOption is not free (a future
     /// per call), so only changes go to the channel.
     private var clientReading = true
@@ -222,8 +224,8 @@ final class ClientSession: UpstreamConnectionOwner {
             admin.read(data)
             return
         }
-        tally?.bytesReceived += data.readableBytes
-        var buffer = Self.append(data, to: &clientPending)
+        tally?.counters.bytesReceived += data.readableBytes
+        var buffer = ByteBuffer.joining(data, after: &clientPending)
         processClientBytes(&buffer)
     }
 
@@ -248,7 +250,7 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         if buffer.readableBytes > 0, phase != .closed {
             clientPending = buffer
-            if phase != .relaying || clientPaused {
+            if phase != .relaying || (clientPaused && buffer.readableBytes > Self.heldBytesLimit) {
                 // Held bytes stay bounded: stop reading until they can go.
                 setClientReading(false)
             }
@@ -710,7 +712,7 @@ final class ClientSession: UpstreamConnectionOwner {
             if let started = waitStarted {
                 waitStarted = nil
                 let waited = (NIODeadline.now() - started).nanoseconds
-                tally?.waitMicroseconds += Int(waited / 1000)
+                tally?.counters.waitMicroseconds += Int(waited / 1000)
                 runtime.metrics.poolWait(seconds: Double(waited) / 1e9)
             }
             switch result {
@@ -722,11 +724,11 @@ final class ClientSession: UpstreamConnectionOwner {
             }
         }
         // A connection opened or freed at once answers before acquire returns; only a real wait
-        // is recorded, and meanwhile what the client sends is held (bounded: reading stops).
+        // is recorded. Meanwhile what the client sends is held; reading stops only past
+        // heldBytesLimit (toggling it on every wait cost two epoll_ctl calls a transaction).
         if !answered {
             waiterID = id
             waitStarted = .now()
-            setClientReading(false)
         }
     }
 
@@ -1214,7 +1216,7 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private func countRefusal(_ kind: String) {
         tally?.guardRefusals += 1
-        tally?.errors += 1
+        tally?.counters.errors += 1
         runtime.metrics.guardRefusal(tenant: binding?.tenant?.id, kind: kind)
     }
 
@@ -1430,8 +1432,8 @@ final class ClientSession: UpstreamConnectionOwner {
 
     func upstreamRead(_ data: ByteBuffer) {
         guard phase != .closed else { return }
-        tally?.bytesSent += data.readableBytes
-        var buffer = Self.append(data, to: &upstreamPending)
+        tally?.counters.bytesSent += data.readableBytes
+        var buffer = ByteBuffer.joining(data, after: &upstreamPending)
         do {
             if phase == .connectingUpstream, upstreamMachine != nil {
                 try processUpstreamStartup(&buffer)
@@ -1509,7 +1511,7 @@ final class ClientSession: UpstreamConnectionOwner {
                     }
                 }
             case BackendMessageID.errorResponse.rawValue:
-                tally?.errors += 1
+                tally?.counters.errors += 1
             case BackendMessageID.readyForQuery.rawValue:
                 switch readyForQuery(frame) {
                 case .plain:
@@ -1557,10 +1559,10 @@ final class ClientSession: UpstreamConnectionOwner {
         parseOrigins.removeAll(keepingCapacity: true)
         let note = cycleNotes.isEmpty ? CycleNote.plain : cycleNotes.removeFirst()
         if let tally {
-            tally.queries += 1
+            tally.counters.queries += 1
             // Answered by the proxy (a refusal, DEALLOCATE): no transaction ran upstream.
             if case .answered = note {} else if status == .idle {
-                tally.transactions += 1
+                tally.counters.transactions += 1
             }
         }
         return note
@@ -1634,10 +1636,13 @@ final class ClientSession: UpstreamConnectionOwner {
         }
     }
 
-    /// KILL from the admin console: ends the session at once, even inside a transaction (the
-    /// upstream connection is then discarded, never lent again).
-    func kill() {
+    /// KILL from the admin console, on this session's loop: ends the session at once if it
+    /// belongs to `tenantID`, even inside a transaction (its upstream connection is then
+    /// discarded, never lent again). True when it did.
+    func kill(ifTenant tenantID: String) -> Bool {
+        guard phase == .relaying || phase == .connectingUpstream, binding?.tenant?.id == tenantID else { return false }
         fail(.killedByAdmin)
+        return true
     }
 
     /// Ends the session at once (drain timeout).
@@ -1672,10 +1677,6 @@ final class ClientSession: UpstreamConnectionOwner {
             held.clear()
         }
     }
-
-    /// The tenant id this session is bound to (read from any thread: set once at log-in, and
-    /// only an id, so a stale read is harmless for the console's filters).
-    var boundTenantID: String? { tenantCounted }
 
     /// SHOW CLIENTS; on this session's loop. Nil while it logs in.
     func clientView() -> ClientView? {
@@ -1797,13 +1798,4 @@ final class ClientSession: UpstreamConnectionOwner {
         client.close(promise: nil)
     }
 
-    /// Joins newly read bytes to what is left of earlier reads, copying only when something is left.
-    private static func append(_ data: ByteBuffer, to pending: inout ByteBuffer?) -> ByteBuffer {
-        guard var existing = pending else { return data }
-        pending = nil
-        existing.discardReadBytes()
-        var incoming = data
-        existing.writeBuffer(&incoming)
-        return existing
-    }
 }
