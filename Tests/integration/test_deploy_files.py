@@ -913,3 +913,15 @@ def test_scaling_guide_snippets_and_links():
                  "tenant_proxy_clients", "tenant_proxy_pool_wait_seconds",
                  "tenant_proxy_transactions_total", "/readyz", "/healthz", "57P01"):
         assert term in text, term
+
+
+def test_config_examples_pass_check_config(tmp_path):
+    """proxy.conf.example and tenants.toml.example, as shipped, are a valid configuration (with
+    placeholder certificate files where the example names them)."""
+    shutil.copy(REPO / "proxy.conf.example", tmp_path / "proxy.conf")
+    shutil.copy(REPO / "tenants.toml.example", tmp_path / "tenants.toml")
+    example = tomllib.loads((REPO / "proxy.conf.example").read_text())
+    for key in ("cert_file", "key_file"):
+        (tmp_path / example["tls"][key]).write_text("placeholder\n")
+    res = h.run([str(h.proxy_bin()), "check-config", str(tmp_path / "proxy.conf")], timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "OK", res.stdout + res.stderr
