@@ -22,5 +22,7 @@ final class ContextInjectorTests: XCTestCase {
         XCTAssertEqual(injector.statements(tenant: tenant, userID: nil),
                        "SET nile.tenant_id = 'acme-id'; SET search_path = \"acme\", public")
         XCTAssertNil(injector.statements(tenant: nil, userID: nil))
+        XCTAssertEqual(injector.resetStatements(searchPath: false), "RESET nile.tenant_id; RESET nile.user_id")
+        XCTAssertEqual(injector.resetStatements(searchPath: true), "RESET nile.tenant_id; RESET nile.user_id; RESET search_path")
     }
 }

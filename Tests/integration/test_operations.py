@@ -567,3 +567,25 @@ def test_tenant_map_behind_a_swapped_symlink_is_reloaded(oproxy):
     os.replace(tmp, data)
     ps.wait_until(lambda: ts.try_connect(p, "star", options=ts.tenant_option("wile-e")) is None, 30,
                   "the swapped map to be loaded")
+
+
+def test_session_mode_client_of_a_moved_tenant_ends_at_its_next_statement(oproxy, ocluster):
+    """Session mode: the client's connection is on the old cluster, so after a move it ends with
+    57P01 at its next statement outside a transaction, and reconnects to the new cluster."""
+    same_server = {"clusters.second": {"host": ocluster.host, "port": ocluster.port, "user": ts.PROXY_ROLE,
+                                       "password": ts.PROXY_PW, "database": ts.APP_DB}}
+    p = oproxy(mode="session", **same_server)
+    with ts.connect(p, "alice") as alice:
+        alice.execute("BEGIN")
+        alice.execute("SELECT 1")
+        p.write_map(ts.default_map(acme={"upstream": "second"}))
+        ops.admin(p, "RELOAD")
+        # inside its transaction it goes on
+        assert alice.execute("SELECT 2").fetchone() == (2,)
+        alice.execute("COMMIT")
+        with pytest.raises(psycopg.OperationalError) as ei:
+            alice.execute("SELECT 3")
+        assert sqlstate(ei.value) == "57P01" and "moved" in str(ei.value), ei.value
+    with ts.connect(p, "alice") as again:
+        assert again.execute("SELECT current_setting('nile.tenant_id')").fetchone() == (ACME,)
+        assert [s["cluster"] for s in ops.show(p, "SERVERS") if s["tenant_id"] == ACME] == ["second"]

@@ -87,10 +87,6 @@ final class UpstreamPool {
         serveWaiters()
     }
 
-    var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
-    var openCount: Int { counts.values.reduce(0, +) }
-    var waitingCount: Int { waiters.values.reduce(0) { $0 + $1.count } }
-
     // MARK: - Lending
 
     /// Lends a connection for `key`, preferring one that carries `context`; calls back on this

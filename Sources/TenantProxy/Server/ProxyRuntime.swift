@@ -12,6 +12,8 @@ final class ProxyRuntime: @unchecked Sendable {
     let configPath: String?
     let registry: SessionRegistry
     let logger: Logger
+    /// Also where the tenant and user setting names are read on the hot path: they only change
+    /// with a restart, so no lock is taken for them.
     let injector: ContextInjector
     /// Per-process secret for the fake SCRAM exchange of unknown users.
     let mockSecret: [UInt8]
@@ -191,25 +193,36 @@ final class ProxyRuntime: @unchecked Sendable {
 
     // MARK: - Reload
 
-    /// Keys whose new value only takes effect after a restart (the old value stays meanwhile).
-    private static func restartOnlyChanges(from old: ProxyConfig, to new: ProxyConfig) -> [String] {
-        var keys: [String] = []
-        if old.server.listenHost != new.server.listenHost || old.server.listenPort != new.server.listenPort { keys.append("server.listen_*") }
-        if old.server.eventLoopThreads != new.server.eventLoopThreads { keys.append("server.event_loop_threads") }
-        if old.server.reusePort != new.server.reusePort { keys.append("server.reuse_port") }
-        if old.server.instanceID != new.server.instanceID { keys.append("server.instance_id") }
-        if old.server.cancelPort != new.server.cancelPort { keys.append("server.cancel_port") }
-        if old.server.maxClientConnections != new.server.maxClientConnections { keys.append("server.max_client_connections") }
-        if old.pool.mode != new.pool.mode { keys.append("pool.mode") }
-        if old.tenancy.tenantSetting != new.tenancy.tenantSetting || old.tenancy.userSetting != new.tenancy.userSetting {
-            keys.append("tenancy.*_setting")
+    /// Puts back into `fresh` the values of keys that only take effect after a restart, and names
+    /// those that changed: one list says both which keys they are and how to keep them.
+    private static func keepRestartOnly(in fresh: inout ProxyConfig, from old: ProxyConfig) -> [String] {
+        var kept: [String] = []
+        func keep<T: Equatable>(_ path: WritableKeyPath<ProxyConfig, T>, _ key: String) {
+            guard fresh[keyPath: path] != old[keyPath: path] else { return }
+            fresh[keyPath: path] = old[keyPath: path]
+            kept.append(key)
         }
-        if old.tenancy.mapFile != new.tenancy.mapFile { keys.append("tenancy.map_file") }
-        if old.metrics.listenHost != new.metrics.listenHost || old.metrics.listenPort != new.metrics.listenPort
-            || old.metrics.maxTenantLabels != new.metrics.maxTenantLabels { keys.append("metrics.*") }
-        if old.log.level != new.log.level || old.log.format != new.log.format { keys.append("log.*") }
-        if (old.jwt == nil) != (new.jwt == nil) { keys.append("jwt") }
-        return keys
+        keep(\.server.listenHost, "server.listen_host")
+        keep(\.server.listenPort, "server.listen_port")
+        keep(\.server.eventLoopThreads, "server.event_loop_threads")
+        keep(\.server.reusePort, "server.reuse_port")
+        keep(\.server.instanceID, "server.instance_id")
+        keep(\.server.cancelPort, "server.cancel_port")
+        keep(\.server.maxClientConnections, "server.max_client_connections")
+        keep(\.pool.mode, "pool.mode")
+        keep(\.tenancy.tenantSetting, "tenancy.tenant_setting")
+        keep(\.tenancy.userSetting, "tenancy.user_setting")
+        keep(\.tenancy.mapFile, "tenancy.map_file")
+        keep(\.metrics.listenHost, "metrics.listen_host")
+        keep(\.metrics.listenPort, "metrics.listen_port")
+        keep(\.metrics.maxTenantLabels, "metrics.max_tenant_labels")
+        keep(\.log.level, "log.level")
+        keep(\.log.format, "log.format")
+        if (old.jwt == nil) != (fresh.jwt == nil) {
+            fresh.jwt = old.jwt
+            kept.append("jwt")
+        }
+        return kept
     }
 
     /// RELOAD and SIGHUP: proxy.conf (when the runtime came from a file), the tenant map and the
@@ -220,21 +233,9 @@ final class ProxyRuntime: @unchecked Sendable {
         if let configPath {
             do {
                 var fresh = try ProxyConfig.load(path: configPath)
-                let old = config
-                let fixed = Self.restartOnlyChanges(from: old, to: fresh)
-                if !fixed.isEmpty {
-                    logger.warning("changed keys take effect after a restart", metadata: ["keys": "\(fixed.joined(separator: ", "))"])
-                    let server = fresh.server
-                    fresh.server = old.server
-                    fresh.server.maxMessageBytes = server.maxMessageBytes
-                    fresh.server.shutdownTimeoutSeconds = server.shutdownTimeoutSeconds
-                    fresh.pool.mode = old.pool.mode
-                    fresh.tenancy.tenantSetting = old.tenancy.tenantSetting
-                    fresh.tenancy.userSetting = old.tenancy.userSetting
-                    fresh.tenancy.mapFile = old.tenancy.mapFile
-                    fresh.metrics = old.metrics
-                    fresh.log = old.log
-                    if (old.jwt == nil) != (fresh.jwt == nil) { fresh.jwt = old.jwt }
+                let kept = Self.keepRestartOnly(in: &fresh, from: config)
+                if !kept.isEmpty {
+                    logger.warning("changed keys take effect after a restart", metadata: ["keys": "\(kept.joined(separator: ", "))"])
                 }
                 lock.withLock { _config = fresh }
                 for pool in pools.values {
@@ -367,8 +368,6 @@ final class ProxyRuntime: @unchecked Sendable {
     func cancelPauseHold(_ session: ClientSession) {
         lock.withLock { _ = pauseWaiters.removeValue(forKey: ObjectIdentifier(session)) }
     }
-
-    var pausedClientCount: Int { lock.withLock { pauseWaiters.count } }
 
     // MARK: - Upstream tenant cache
 

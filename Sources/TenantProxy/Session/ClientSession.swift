@@ -176,8 +176,9 @@ final class ClientSession: UpstreamConnectionOwner {
     init(client: Channel, runtime: ProxyRuntime) {
         self.client = client
         self.runtime = runtime
-        self.transactionPooling = runtime.config.pool.mode == .transaction
-        let maxMessage = runtime.config.server.maxMessageBytes
+        let config = runtime.config
+        self.transactionPooling = config.pool.mode == .transaction
+        let maxMessage = config.server.maxMessageBytes
         self.frontendDecoder = PGFrontendDecoder(maxMessageLength: maxMessage)
         self.backendDecoder = PGBackendDecoder(maxMessageLength: maxMessage)
         self.startupMachine = ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret)
@@ -512,10 +513,10 @@ final class ClientSession: UpstreamConnectionOwner {
         case .switch: mode = .switchTenant
         case .global: mode = .global
         }
-        let settings: Set<String> = [runtime.config.tenancy.tenantSetting, runtime.config.tenancy.userSetting]
+        let settings: Set<String> = [runtime.injector.tenantSetting, runtime.injector.userSetting]
         statementGuard = mode == .global ? nil : StatementGuard(policy: GuardPolicy(tenantSettings: settings, mode: mode))
         // A switch user's tenant SET becomes its context, which the proxy restores on every lend.
-        transactionGuard = TransactionModeGuard(alsoTracked: mode == .switchTenant ? [runtime.config.tenancy.tenantSetting] : [])
+        transactionGuard = TransactionModeGuard(alsoTracked: mode == .switchTenant ? [runtime.injector.tenantSetting] : [])
     }
 
     /// Settings a client asked for at start-up: its parameters and `-c` options, lower-case names.
@@ -809,10 +810,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let wanted = wantedContext ?? ""
         if connection.context != wanted {
             if !connection.context.isEmpty {
-                let settings = runtime.config.tenancy
-                var reset = "RESET \(settings.tenantSetting); RESET \(settings.userSetting)"
-                if connection.context.contains("search_path") { reset += "; RESET search_path" }
-                queries.append(reset)
+                queries.append(runtime.injector.resetStatements(searchPath: connection.context.contains("search_path")))
             }
             if !wanted.isEmpty { queries.append(wanted) }
             connection.context = wanted
@@ -1341,7 +1339,7 @@ final class ClientSession: UpstreamConnectionOwner {
         guard let statementGuard else { return .allow }
         var verdict = withSQL(payload, skippingName: skippingName) { statementGuard.inspect(utf8: $0) }
         if verdict.refusal == nil, isSwitchUser {
-            for change in verdict.tenantSettingChanges where change.name == runtime.config.tenancy.tenantSetting {
+            for change in verdict.tenantSettingChanges where change.name == runtime.injector.tenantSetting {
                 if let value = change.value, !switchAllowed(to: value) {
                     verdict.refusal = ProxyError.switchRefused(value).message
                 }
@@ -1369,7 +1367,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// restores it on every connection it borrows later.
     private func noteSwitch(_ verdict: GuardVerdict) {
         guard isSwitchUser else { return }
-        for change in verdict.tenantSettingChanges where change.name == runtime.config.tenancy.tenantSetting && !change.isLocal {
+        for change in verdict.tenantSettingChanges where change.name == runtime.injector.tenantSetting && !change.isLocal {
             if let value = change.value {
                 binding?.tenant = runtime.map.tenant(named: value) ?? Tenant(name: value, id: value)
             } else {
@@ -1412,12 +1410,9 @@ final class ClientSession: UpstreamConnectionOwner {
         let map = runtime.map
         if let current = map.tenants[tenant.name], current.id == tenant.id {
             if current.status == .active {
-                if !transactionPooling, current.upstream != tenant.upstream {
-                    logger.info("tenant moved to another cluster; ending session")
-                    fail(.tenantMoved)
-                    return false
-                }
-                return true
+                // A new placement: borrowed from next time, or (session mode) the session ends.
+                refreshPlacement()
+                return phase != .closed
             }
         } else if map.tenant(named: tenant.id) == nil, TenantIdentifier.isUUID(tenant.id) {
             // Found in the upstream's tenants table, not in the map: a reload does not concern it.

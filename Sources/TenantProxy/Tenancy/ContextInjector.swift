@@ -59,6 +59,12 @@ struct ContextInjector: Sendable {
         return parts.isEmpty ? nil : parts.joined(separator: "; ")
     }
 
+    /// The statements that clear a context `statements` set (search_path too, for a tenant with
+    /// isolation = schema), as one simple-query string.
+    func resetStatements(searchPath: Bool) -> String {
+        "RESET \(tenantSetting); RESET \(userSetting)" + (searchPath ? "; RESET search_path" : "")
+    }
+
     /// Looks a tenant up in the upstream's `tenants` table, with the context already set so the
     /// row is visible under the table's own row-level security. Works whether or not the table has
     /// Nile's optional columns (`status`, `deleted`), hence to_jsonb.
