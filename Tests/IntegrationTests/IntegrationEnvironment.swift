@@ -301,11 +301,13 @@ final class PostgresCluster {
         started = false
     }
 
-    func logTail(lines: Int = 40) -> String {
-        guard let text = try? String(contentsOf: logFile, encoding: .utf8) else { return "" }
-        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines)
-            .joined(separator: "\n")
-    }
+    func logTail(lines: Int = 40) -> String { lastLines(of: logFile, count: lines) }
+}
+
+/// The last `count` lines of a log file ("" when it cannot be read), for failure messages.
+func lastLines(of file: URL, count: Int) -> String {
+    guard let text = try? String(contentsOf: file, encoding: .utf8) else { return "" }
+    return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(count).joined(separator: "\n")
 }
 
 // MARK: - tenant-proxy
@@ -407,11 +409,7 @@ final class ProxyInstance {
         self.child = nil
     }
 
-    func stderrTail(lines: Int = 60) -> String {
-        guard let text = try? String(contentsOf: stderrURL, encoding: .utf8) else { return "" }
-        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines)
-            .joined(separator: "\n")
-    }
+    func stderrTail(lines: Int = 60) -> String { lastLines(of: stderrURL, count: lines) }
 }
 
 // MARK: - the whole environment

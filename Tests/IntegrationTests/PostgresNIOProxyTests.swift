@@ -12,12 +12,13 @@ import XCTest
 // Two statements with the same parameter and row types but different results: if the proxy
 // ever ran one client's statement under another's name (or on a backend where the name means
 // something else), the values would be wrong, not just the types.
-struct TimesTwoStatement: PostgresPreparedStatement {
-    static let sql = "SELECT $1::int8 * 2, 'two:' || $2::text, pg_backend_pid()"
-    typealias Row = (Int, String, Int32)
-    var n: Int
-    var tag: String
+/// A statement of (n, tag) returning (n × k, "<k>:" + tag, backend pid); only the SQL differs.
+protocol NumberTagStatement: PostgresPreparedStatement where Row == (Int, String, Int32) {
+    var n: Int { get }
+    var tag: String { get }
+}
 
+extension NumberTagStatement {
     func makeBindings() throws -> PostgresBindings {
         var bindings = PostgresBindings()
         bindings.append(n)
@@ -28,20 +29,18 @@ struct TimesTwoStatement: PostgresPreparedStatement {
     func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
 
-struct TimesThreeStatement: PostgresPreparedStatement {
+struct TimesTwoStatement: NumberTagStatement {
+    static let sql = "SELECT $1::int8 * 2, 'two:' || $2::text, pg_backend_pid()"
+    typealias Row = (Int, String, Int32)
+    var n: Int
+    var tag: String
+}
+
+struct TimesThreeStatement: NumberTagStatement {
     static let sql = "SELECT $1::int8 * 3, 'three:' || $2::text, pg_backend_pid()"
     typealias Row = (Int, String, Int32)
     var n: Int
     var tag: String
-
-    func makeBindings() throws -> PostgresBindings {
-        var bindings = PostgresBindings()
-        bindings.append(n)
-        bindings.append(tag)
-        return bindings
-    }
-
-    func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
 }
 
 final class PostgresNIOProxyTests: XCTestCase {
