@@ -49,7 +49,13 @@ struct PoolKey: Hashable, Sendable {
 /// statements) and nothing another borrower left.
 final class UpstreamConnection {
     let channel: Channel
+    /// Writes from the channel's loop (every message a borrower relays).
+    private let out: LoopWriter
+    /// Bytes written since the last flush: an empty flush still walks the pipeline.
+    private var unflushed = false
     let key: PoolKey
+    /// The pool lane it belongs to (transaction pooling; nil for a session's own connection).
+    let lane: UpstreamPool.Lane?
     var backendKey: BackendKeyData?
     /// Parameter values as the server last reported them (ParameterStatus).
     var parameters: [String: String] = [:]
@@ -77,9 +83,22 @@ final class UpstreamConnection {
     /// weak reference would give every session a side table and slow each retain and release.
     var owner: UpstreamConnectionOwner?
 
-    init(channel: Channel, key: PoolKey) {
+    func write(_ buffer: ByteBuffer) {
+        out.write(buffer)
+        unflushed = true
+    }
+
+    func flush() {
+        guard unflushed else { return }
+        unflushed = false
+        out.flush()
+    }
+
+    init(channel: Channel, key: PoolKey, lane: UpstreamPool.Lane? = nil) {
         self.channel = channel
+        self.out = LoopWriter(channel)
         self.key = key
+        self.lane = lane
     }
 }
 

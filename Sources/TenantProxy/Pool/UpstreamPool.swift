@@ -13,15 +13,34 @@ import PGWire
 final class UpstreamPool {
     typealias Completion = (Result<UpstreamConnection, ProxyError>) -> Void
 
-    private struct Waiter {
+    fileprivate struct Waiter {
         var id: Int
-        var key: PoolKey
         var context: String
         var tenant: String?
         var completion: Completion
         var since: NIODeadline = .now()
         /// How often a waiter behind this one went first (tenant affinity); bounded for fairness.
         var overtaken = 0
+    }
+
+    /// The connections of one key (cluster, role, database) on this loop. A session keeps its
+    /// lane, so lending and returning look nothing up by key (hashing three strings, comparing
+    /// them) on every transaction.
+    final class Lane {
+        let key: PoolKey
+        fileprivate var idle: [UpstreamConnection] = []
+        /// Open plus connecting.
+        fileprivate var count = 0
+        /// Clients waiting for a connection, first come first served: a release serves the queue
+        /// from the front and stops at the first that cannot go.
+        fileprivate var waiters = CircularBuffer<Waiter>(initialCapacity: 0)
+        /// Server parameters of the first connection, for clients that log in while no
+        /// connection is lent to them.
+        fileprivate(set) var serverParameters: [ParameterStatus]?
+
+        fileprivate init(key: PoolKey) {
+            self.key = key
+        }
     }
 
     /// How far down the queue a freed connection looks for a waiter of its own tenant, and how
@@ -43,16 +62,9 @@ final class UpstreamPool {
     private let loops: Int
     private var sizePerLoop: Int
     private var maxClientWaitSeconds: Int
-    private var idle: [PoolKey: [UpstreamConnection]] = [:]
-    /// Open plus connecting, per key.
-    private var counts: [PoolKey: Int] = [:]
-    /// Clients waiting for a connection, first come first served, one queue per key: a release
-    /// serves its key's queue from the front and stops at the first that cannot go.
-    private var waiters: [PoolKey: CircularBuffer<Waiter>] = [:]
+    /// Lanes live as long as the pool (one per key ever used on this loop: a handful).
+    private var lanes: [PoolKey: Lane] = [:]
     private var nextWaiterID = 0
-    /// Server parameters of the first connection of each key, for clients that log in while
-    /// no connection is lent to them.
-    private(set) var serverParameters: [PoolKey: [ParameterStatus]] = [:]
     private var logins: [ObjectIdentifier: PoolLogin] = [:]
     private var servingWaiters = false
 
@@ -75,47 +87,53 @@ final class UpstreamPool {
         }
     }
 
+    /// The lane of `key` (made on first use).
+    func lane(_ key: PoolKey) -> Lane {
+        eventLoop.preconditionInEventLoop()
+        if let lane = lanes[key] { return lane }
+        let lane = Lane(key: key)
+        lanes[key] = lane
+        return lane
+    }
+
     /// A reloaded [pool] section: new size and wait limit (connections over a smaller size close
     /// as they come back idle).
     func configure(_ config: ProxyConfig.Pool) {
         sizePerLoop = max(1, (config.size + loops - 1) / loops)
         maxClientWaitSeconds = config.maxClientWaitSeconds
-        for (key, list) in idle where counts[key, default: 0] > sizePerLoop {
-            let surplus = min(list.count, counts[key, default: 0] - sizePerLoop)
-            for connection in list.suffix(surplus) { discard(connection) }
+        for lane in lanes.values where lane.count > sizePerLoop {
+            let surplus = min(lane.idle.count, lane.count - sizePerLoop)
+            for connection in lane.idle.suffix(surplus) { discard(connection) }
         }
         serveWaiters()
     }
 
     // MARK: - Lending
 
-    /// Lends a connection for `key`, preferring one that carries `context`; calls back on this
+    /// Lends a connection of `lane`, preferring one that carries `context`; calls back on this
     /// loop, at once or when one frees up, or with 53300 after `max_client_wait_seconds`.
     /// Returns an id that `cancelWait` takes when the client leaves first.
     @discardableResult
-    func acquire(key: PoolKey, context: String, tenant: String?, completion: @escaping Completion) -> Int {
+    func acquire(_ lane: Lane, context: String, tenant: String?, completion: @escaping Completion) -> Int {
         eventLoop.preconditionInEventLoop()
         nextWaiterID += 1
-        let waiter = Waiter(id: nextWaiterID, key: key, context: context, tenant: tenant, completion: completion)
-        if waiters[key]?.isEmpty ?? true, case .lend(let lend) = serve(waiter) {
+        let waiter = Waiter(id: nextWaiterID, context: context, tenant: tenant, completion: completion)
+        if lane.waiters.isEmpty, case .lend(let lend) = serve(waiter, in: lane) {
             lend()
             return waiter.id
         }
-        waiters[key, default: CircularBuffer(initialCapacity: 16)].append(waiter)
+        lane.waiters.append(waiter)
         // Waiters ahead may be blocked only by their tenant's limit: serve whoever can go now.
-        serveWaiters()
+        serveWaiters(lane)
         return waiter.id
     }
 
-    /// An idle connection for `key` right now (none waiting before this client, the tenant's
+    /// An idle connection of `lane` right now (none waiting before this client, the tenant's
     /// lease granted), or nil: then `acquire` queues the client.
-    func lendNow(key: PoolKey, context: String, tenant: String?) -> UpstreamConnection? {
-        eventLoop.preconditionInEventLoop()
-        guard idle[key]?.isEmpty == false, waiters[key]?.isEmpty ?? true else { return nil }
-        pruneIdle(key: key)
-        guard idle[key]?.isEmpty == false else { return nil }
+    func lendNow(_ lane: Lane, context: String, tenant: String?) -> UpstreamConnection? {
+        guard !lane.idle.isEmpty, lane.waiters.isEmpty else { return nil }
         if let tenant, !runtime.takeTenantLease(tenant, pool: self) { return nil }
-        guard let connection = takeIdle(key: key, context: context) else {
+        guard let connection = takeIdle(lane, context: context) else {
             if let tenant { runtime.releaseTenantLease(tenant) }
             return nil
         }
@@ -123,21 +141,22 @@ final class UpstreamPool {
     }
 
     func cancelWait(_ id: Int) {
-        for (key, queue) in waiters {
-            if let index = queue.firstIndex(where: { $0.id == id }) {
-                waiters[key]!.remove(at: index)
+        for lane in lanes.values {
+            if let index = lane.waiters.firstIndex(where: { $0.id == id }) {
+                lane.waiters.remove(at: index)
                 return
             }
         }
     }
 
     /// Gives a connection back after a transaction; `tenant` is the borrower's tenant lease.
+    /// Its connection's own handler marks it broken when the channel closes (no atomic load of
+    /// the channel's state per return).
     func release(_ connection: UpstreamConnection, tenant: String?) {
-        eventLoop.preconditionInEventLoop()
         connection.owner = nil
         connection.lastReleased = .now()
         if let tenant { runtime.releaseTenantLease(tenant) }
-        if connection.broken || !connection.channel.isActive {
+        if connection.broken {
             discard(connection)
             return
         }
@@ -146,44 +165,51 @@ final class UpstreamPool {
             connection.reading = true
             connection.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
-        idle[connection.key, default: []].append(connection)
-        serveWaiters()
+        guard let lane = connection.lane else { return connection.channel.close(promise: nil) }
+        lane.idle.append(connection)
+        if !lane.waiters.isEmpty { serveWaiters(lane) }
     }
 
     /// Closes a connection that must not be lent again.
     func discard(_ connection: UpstreamConnection) {
         connection.broken = true
         connection.owner = nil
-        counts[connection.key, default: 1] -= 1
-        if let list = idle[connection.key], let index = list.firstIndex(where: { $0 === connection }) {
-            idle[connection.key]!.remove(at: index)
-        }
         connection.channel.close(promise: nil)
-        serveWaiters()
+        guard let lane = connection.lane else { return }
+        lane.count -= 1
+        if let index = lane.idle.firstIndex(where: { $0 === connection }) {
+            lane.idle.remove(at: index)
+        }
+        serveWaiters(lane)
     }
 
-    /// Retries waiters in order (after a release or discard here, a failed open, or a tenant
-    /// lease freed on another loop). Each waiter leaves the queue before it is called back, so a
-    /// callback that gives a connection straight back cannot serve the same waiter again.
+    /// Retries waiters in order, in every lane (after a reload, a failed open, or a tenant lease
+    /// freed on another loop).
     func serveWaiters() {
+        for lane in lanes.values where !lane.waiters.isEmpty {
+            serveWaiters(lane)
+        }
+    }
+
+    /// Retries a lane's waiters in order. Each waiter leaves the queue before it is called back,
+    /// so a callback that gives a connection straight back cannot serve the same waiter again.
+    private func serveWaiters(_ lane: Lane) {
         guard !servingWaiters else { return }
         servingWaiters = true
         defer { servingWaiters = false }
-        for key in Array(waiters.keys) {
-            serveByAffinity(key)
-            var offset = 0
-            serving: while let position = waiters[key].flatMap({ queue in
-                offset < queue.count ? queue.index(queue.startIndex, offsetBy: offset) : nil
-            }) {
-                switch serve(waiters[key]![position]) {
-                case .lend(let lend):
-                    waiters[key]!.remove(at: position)
-                    lend()
-                case .noConnection:
-                    break serving
-                case .tenantBlocked:
-                    offset += 1
-                }
+        serveByAffinity(lane)
+        // Integer offsets: a slice of a CircularBuffer is a new ring with other indices.
+        var offset = 0
+        serving: while offset < lane.waiters.count {
+            let position = lane.waiters.index(lane.waiters.startIndex, offsetBy: offset)
+            switch serve(lane.waiters[position], in: lane) {
+            case .lend(let lend):
+                lane.waiters.remove(at: position)
+                lend()
+            case .noConnection:
+                break serving
+            case .tenantBlocked:
+                offset += 1
             }
         }
     }
@@ -191,25 +217,23 @@ final class UpstreamPool {
     /// Idle connections go first to a waiter near the front that wants the context they carry:
     /// with many tenants and few connections, FIFO alone would RESET and SET the tenant context
     /// on almost every lend (two more statements upstream per transaction).
-    private func serveByAffinity(_ key: PoolKey) {
-        while let offset = affinityCandidate(key), case .lend(let lend) = serve(waiters[key]![offset]) {
-            waiters[key]!.remove(at: offset)
-            waiters[key]![waiters[key]!.startIndex].overtaken += 1
+    private func serveByAffinity(_ lane: Lane) {
+        while let index = affinityCandidate(lane), case .lend(let lend) = serve(lane.waiters[index], in: lane) {
+            lane.waiters.remove(at: index)
+            lane.waiters[lane.waiters.startIndex].overtaken += 1
             lend()
         }
     }
 
     /// A waiter behind the first one that wants the context of an idle connection, when the first
-    /// one wants none of theirs and has not been overtaken too often. (No copy of the queue
-    /// outlives this call, so removing from it afterwards does not copy it.)
-    private func affinityCandidate(_ key: PoolKey) -> CircularBuffer<Waiter>.Index? {
-        guard let idleList = idle[key], !idleList.isEmpty, let queue = waiters[key], queue.count > 1, let head = queue.first,
-              head.overtaken < Self.maxOvertaken, !idleList.contains(where: { $0.context == head.context }) else { return nil }
-        // Indices of this very buffer (a slice of a CircularBuffer is a new ring with other indices).
-        for offset in 1..<min(queue.count, Self.affinityWindow) {
-            let index = queue.index(queue.startIndex, offsetBy: offset)
-            let wanted = queue[index].context
-            if idleList.contains(where: { $0.context == wanted }) { return index }
+    /// one wants none of theirs and has not been overtaken too often.
+    private func affinityCandidate(_ lane: Lane) -> CircularBuffer<Waiter>.Index? {
+        guard !lane.idle.isEmpty, lane.waiters.count > 1, let head = lane.waiters.first,
+              head.overtaken < Self.maxOvertaken, !lane.idle.contains(where: { $0.context == head.context }) else { return nil }
+        for offset in 1..<min(lane.waiters.count, Self.affinityWindow) {
+            let index = lane.waiters.index(lane.waiters.startIndex, offsetBy: offset)
+            let wanted = lane.waiters[index].context
+            if lane.idle.contains(where: { $0.context == wanted }) { return index }
         }
         return nil
     }
@@ -218,63 +242,47 @@ final class UpstreamPool {
     private func expireWaiters() {
         let seconds = maxClientWaitSeconds
         let cutoff = NIODeadline.now() - .seconds(Int64(seconds))
-        for key in Array(waiters.keys) {
-            guard var queue = waiters[key], queue.contains(where: { $0.since <= cutoff }) else { continue }
-            let expired = queue.filter { $0.since <= cutoff }
-            queue.removeAll(where: { $0.since <= cutoff })
-            waiters[key] = queue
+        for lane in lanes.values where lane.waiters.contains(where: { $0.since <= cutoff }) {
+            let expired = lane.waiters.filter { $0.since <= cutoff }
+            lane.waiters.removeAll(where: { $0.since <= cutoff })
             for waiter in expired { waiter.completion(.failure(.poolTimeout(seconds: seconds))) }
         }
     }
 
     /// What lending to `waiter` takes, if a connection and the tenant's lease allow it now. The
     /// caller takes the waiter out of the queue, then runs the result.
-    private func serve(_ waiter: Waiter) -> Service {
-        pruneIdle(key: waiter.key)
-        let available = idle[waiter.key]?.isEmpty == false
-        let canOpen = counts[waiter.key, default: 0] < sizePerLoop
+    private func serve(_ waiter: Waiter, in lane: Lane) -> Service {
+        let available = !lane.idle.isEmpty
+        let canOpen = lane.count < sizePerLoop
         guard available || canOpen else { return .noConnection }
         if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) { return .tenantBlocked }
-        if available, let connection = takeIdle(key: waiter.key, context: waiter.context) {
+        if available, let connection = takeIdle(lane, context: waiter.context) {
             return .lend { waiter.completion(.success(connection)) }
         }
-        counts[waiter.key, default: 0] += 1
+        // No idle connection (or every idle one had broken, each freeing its slot): open one.
+        lane.count += 1
         return .lend { [self] in
-            open(key: waiter.key) { [self] result in
+            open(lane) { [self] result in
                 if case .failure = result {
                     if let tenant = waiter.tenant { runtime.releaseTenantLease(tenant) }
                     // Room freed: the next waiter tries (and fails fast while the server is down).
-                    eventLoop.execute { self.serveWaiters() }
+                    eventLoop.execute { self.serveWaiters(lane) }
                 }
                 waiter.completion(result)
             }
         }
     }
 
-    /// Drops idle connections that broke while idle (closed by the server), freeing their slots.
-    private func pruneIdle(key: PoolKey) {
-        guard let list = idle[key], list.contains(where: { $0.broken || !$0.channel.isActive }) else { return }
-        idle[key] = list.filter { connection in
-            guard connection.broken || !connection.channel.isActive else { return true }
-            counts[key, default: 1] -= 1
-            connection.channel.close(promise: nil)
-            return false
-        }
-    }
-
-    private func takeIdle(key: PoolKey, context: String) -> UpstreamConnection? {
+    /// An idle connection, preferring `context`; idle connections that broke meanwhile (closed by
+    /// the server) are dropped on the way, freeing their slots.
+    private func takeIdle(_ lane: Lane, context: String) -> UpstreamConnection? {
         // Tenant affinity: the most recently used connection with this context, else the most
         // recently used of all (its caches are warm).
-        func pick() -> Int? {
-            guard let list = idle[key], !list.isEmpty else { return nil }
-            return list.lastIndex(where: { $0.context == context }) ?? list.count - 1
-        }
-        while let index = pick() {
-            // Removed in place: holding a copy of the array while removing would make it shared,
-            // and the removal would copy it on every lend.
-            let connection = idle[key]!.remove(at: index)
-            if connection.broken || !connection.channel.isActive {
-                counts[key, default: 1] -= 1
+        while !lane.idle.isEmpty {
+            let index = lane.idle.lastIndex(where: { $0.context == context }) ?? lane.idle.count - 1
+            let connection = lane.idle.remove(at: index)
+            if connection.broken {
+                lane.count -= 1
                 connection.channel.close(promise: nil)
                 continue
             }
@@ -285,11 +293,12 @@ final class UpstreamPool {
 
     private func closeIdle(olderThan age: TimeAmount) {
         let cutoff = NIODeadline.now() - age
-        for (key, list) in idle {
-            let (old, fresh) = (list.filter { $0.lastReleased < cutoff }, list.filter { $0.lastReleased >= cutoff })
-            idle[key] = fresh
+        for lane in lanes.values {
+            let old = lane.idle.filter { $0.lastReleased < cutoff }
+            guard !old.isEmpty else { continue }
+            lane.idle.removeAll { $0.lastReleased < cutoff }
             for connection in old {
-                counts[key, default: 1] -= 1
+                lane.count -= 1
                 var terminate = connection.channel.allocator.buffer(capacity: 5)
                 FrontendMessage.terminate.encode(into: &terminate)
                 connection.channel.writeAndFlush(terminate).whenComplete { _ in connection.channel.close(promise: nil) }
@@ -309,39 +318,37 @@ final class UpstreamPool {
 
     func poolRows() -> [PoolRow] {
         let now = NIODeadline.now()
-        var keys = Set(counts.keys)
-        keys.formUnion(waiters.keys)
-        return keys.map { key in
-            let waiting = Array(waiters[key] ?? [])
-            let oldest = waiting.map(\.since).min().map { Double((now - $0).nanoseconds) / 1e9 } ?? 0
-            return PoolRow(key: key, open: counts[key, default: 0], idle: idle[key]?.count ?? 0, waiting: waiting.count,
+        return lanes.values.filter { $0.count > 0 || !$0.waiters.isEmpty }.map { lane in
+            let oldest = lane.waiters.map(\.since).min().map { Double((now - $0).nanoseconds) / 1e9 } ?? 0
+            return PoolRow(key: lane.key, open: lane.count, idle: lane.idle.count, waiting: lane.waiters.count,
                            oldestWaitSeconds: oldest)
         }
     }
 
-    var idleConnections: [UpstreamConnection] { idle.values.flatMap { $0 } }
+    var idleConnections: [UpstreamConnection] { lanes.values.flatMap(\.idle) }
 
     // MARK: - Opening connections
 
-    /// Logs a new connection in for `key` (already counted by the caller).
-    private func open(key: PoolKey, completion: @escaping Completion) {
+    /// Logs a new connection in for `lane` (already counted by the caller).
+    private func open(_ lane: Lane, completion: @escaping Completion) {
+        let key = lane.key
         let config = runtime.config.cluster(key.cluster)
         let password = key.user == config.user ? config.password : config.globalPassword
         var machine = UpstreamStartupMachine(user: key.user, password: password)
         machine.keyCache = runtime.scramKeys
-        let login = PoolLogin(key: key, machine: machine, address: (config.host, config.port))
+        let login = PoolLogin(lane: lane, machine: machine, address: (config.host, config.port))
         let loginID = ObjectIdentifier(login)
         logins[loginID] = login
         login.completion = { [self] result in
             logins[loginID] = nil
             switch result {
             case .success(let connection):
-                if serverParameters[key] == nil {
-                    serverParameters[key] = login.parameters
+                if lane.serverParameters == nil {
+                    lane.serverParameters = login.parameters
                 }
                 completion(.success(connection))
             case .failure(let error):
-                counts[key, default: 1] -= 1
+                lane.count -= 1
                 completion(.failure(error))
             }
         }
@@ -363,7 +370,8 @@ final class UpstreamPool {
 /// Logs one pooled connection in: the proxy's own role and database, no client parameters (those
 /// are restored per borrower).
 private final class PoolLogin: UpstreamConnectionOwner {
-    let key: PoolKey
+    let lane: UpstreamPool.Lane
+    var key: PoolKey { lane.key }
     var machine: UpstreamStartupMachine
     var completion: UpstreamPool.Completion?
     var parameters: [ParameterStatus] = []
@@ -373,8 +381,8 @@ private final class PoolLogin: UpstreamConnectionOwner {
     private var decoder = PGBackendDecoder()
     private var pending: ByteBuffer?
 
-    init(key: PoolKey, machine: UpstreamStartupMachine, address: (host: String, port: Int)) {
-        self.key = key
+    init(lane: UpstreamPool.Lane, machine: UpstreamStartupMachine, address: (host: String, port: Int)) {
+        self.lane = lane
         self.machine = machine
         self.address = address
     }
@@ -411,7 +419,7 @@ private final class PoolLogin: UpstreamConnectionOwner {
                     finish(.failure(error))
                 case .ready(let parameters, let key):
                     self.parameters = parameters
-                    let connection = UpstreamConnection(channel: channel, key: self.key)
+                    let connection = UpstreamConnection(channel: channel, key: lane.key, lane: lane)
                     connection.backendKey = key
                     connection.cancelHost = address.host
                     connection.cancelPort = address.port

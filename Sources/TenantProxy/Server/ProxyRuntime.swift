@@ -35,7 +35,11 @@ final class ProxyRuntime: @unchecked Sendable {
     /// True while any PAUSE is in force: borrows look no further (no lock) while it is false.
     private let _anyPaused = ManagedAtomic<Bool>(false)
     private var _mapModified: Date?
-    private var _draining = false
+    /// Read at the end of every transaction: an atomic, not the lock.
+    private let _draining = ManagedAtomic<Bool>(false)
+    /// [pool] tenant_max_connections (0 = no limit), checked on every lend and return: a copy of
+    /// the config under the lock there cost a lock and a dozen retains per transaction.
+    private let _tenantLeaseLimit = ManagedAtomic<Int>(0)
     private var lookupCache: [String: (record: UpstreamTenantRecord?, expires: NIODeadline)] = [:]
     private var tenantLeases: [String: Int] = [:]
     private var tenantClients: [String: Int] = [:]
@@ -64,6 +68,7 @@ final class ProxyRuntime: @unchecked Sendable {
                                       lockoutSeconds: config.auth.lockoutSeconds)
         self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)
         self._mapModified = Self.modificationDate(config.tenancy.mapFile)
+        self._tenantLeaseLimit.store(config.pool.tenantMaxConnections, ordering: .relaxed)
         var generator = SystemRandomNumberGenerator()
         self.mockSecret = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
@@ -99,10 +104,10 @@ final class ProxyRuntime: @unchecked Sendable {
     /// Changes whenever a reload swaps the map; sessions compare it to re-check their tenant cheaply.
     var mapGeneration: Int { _mapGeneration.load(ordering: .acquiring) }
 
-    var isDraining: Bool { lock.withLock { _draining } }
+    var isDraining: Bool { _draining.load(ordering: .relaxed) }
 
     func startDraining() {
-        lock.withLock { _draining = true }
+        _draining.store(true, ordering: .relaxed)
     }
 
     func resolver() -> TenantResolver {
@@ -148,7 +153,7 @@ final class ProxyRuntime: @unchecked Sendable {
     /// Counts one more upstream connection lent to `tenant`; false when at its limit (the pool
     /// is told when one frees up).
     func takeTenantLease(_ tenant: String, pool: UpstreamPool) -> Bool {
-        let limit = config.pool.tenantMaxConnections
+        let limit = _tenantLeaseLimit.load(ordering: .relaxed)
         guard limit > 0 else { return true }
         return lock.withLock {
             guard tenantLeases[tenant, default: 0] < limit else {
@@ -161,7 +166,7 @@ final class ProxyRuntime: @unchecked Sendable {
     }
 
     func releaseTenantLease(_ tenant: String) {
-        guard config.pool.tenantMaxConnections > 0 else { return }
+        guard _tenantLeaseLimit.load(ordering: .relaxed) > 0 else { return }
         let blocked: [UpstreamPool] = lock.withLock {
             tenantLeases[tenant, default: 1] -= 1
             if tenantLeases[tenant] == 0 { tenantLeases.removeValue(forKey: tenant) }
@@ -238,6 +243,7 @@ final class ProxyRuntime: @unchecked Sendable {
                     logger.warning("changed keys take effect after a restart", metadata: ["keys": "\(kept.joined(separator: ", "))"])
                 }
                 lock.withLock { _config = fresh }
+                _tenantLeaseLimit.store(fresh.pool.tenantMaxConnections, ordering: .relaxed)
                 for pool in pools.values {
                     pool.eventLoop.execute { pool.configure(fresh.pool) }
                 }

@@ -84,6 +84,8 @@ final class ClientSession: UpstreamConnectionOwner {
     private var connection: UpstreamConnection?
     private var pool: UpstreamPool?
     private var poolKey: PoolKey?
+    /// The pool's lane for `poolKey` (transaction pooling): lends and returns go straight to it.
+    private var lane: UpstreamPool.Lane?
     private var waiterID: Int?
     /// Client bytes not yet relayed: an incomplete message, or whole ones held while paused.
     private var clientPending: ByteBuffer?
@@ -175,6 +177,7 @@ final class ClientSession: UpstreamConnectionOwner {
 
     init(client: Channel, runtime: ProxyRuntime) {
         self.client = client
+        self.clientOut = LoopWriter(client)
         self.runtime = runtime
         let config = runtime.config
         self.transactionPooling = config.pool.mode == .transaction
@@ -198,6 +201,20 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private var upstream: Channel? { connection?.channel }
+    /// Writes to the client from its loop (see LoopWriter); `clientUnflushed` spares empty flushes.
+    private let clientOut: LoopWriter
+    private var clientUnflushed = false
+
+    private func writeClient(_ buffer: ByteBuffer) {
+        clientOut.write(buffer)
+        clientUnflushed = true
+    }
+
+    private func flushClient() {
+        guard clientUnflushed else { return }
+        clientUnflushed = false
+        clientOut.flush()
+    }
     /// Bytes a client may send ahead while it waits for a connection before reading stops.
     static let heldBytesLimit = 64 * 1024
     /// What was last asked of the client channel's autoRead: setOption is not free (a future
@@ -266,12 +283,12 @@ final class ClientSession: UpstreamConnectionOwner {
         if var held = clientPending {
             clientPending = nil
             processClientBytes(&held)
-            upstream?.flush()
+            connection?.flush()
         }
     }
 
     func clientReadComplete() {
-        upstream?.flush()
+        connection?.flush()
     }
 
     func clientClosed() {
@@ -338,7 +355,8 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             var answer = client.allocator.buffer(capacity: 1)
             answer.writeInteger(UInt8(ascii: "S"))
-            client.writeAndFlush(answer, promise: nil)
+            writeClient(answer)
+            flushClient()
             guard startTLS?() == true else {
                 client.close(promise: nil)
                 phase = .closed
@@ -355,7 +373,8 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             var answer = client.allocator.buffer(capacity: 1)
             answer.writeInteger(UInt8(ascii: "N"))
-            client.writeAndFlush(answer, promise: nil)
+            writeClient(answer)
+            flushClient()
 
         case .send(let messages):
             writeToClient(messages, flush: true)
@@ -668,7 +687,8 @@ final class ClientSession: UpstreamConnectionOwner {
         let key = PoolKey(cluster: cluster, user: role.user, database: binding.upstreamDatabase)
         poolKey = key
         pool = runtime.pool(for: client.eventLoop)
-        if pendingLookup == nil, pendingMembership == nil, let parameters = pool?.serverParameters[key] {
+        lane = pool?.lane(key)
+        if pendingLookup == nil, pendingMembership == nil, let parameters = lane?.serverParameters {
             startupParameters = parameters
             becomeReady()
             return
@@ -690,7 +710,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// connection is taken at once without allocating anything; otherwise the client waits.
     private func borrow(for purpose: BorrowPurpose) {
         refreshPlacement()
-        guard let pool, let poolKey else {
+        guard let pool, let poolKey, let lane else {
             logger.error("no pool for this event loop")
             return fail(.upstreamUnavailable)
         }
@@ -703,11 +723,11 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         clientPaused = true
         let context = wantedContext ?? ""
-        if let idle = pool.lendNow(key: poolKey, context: context, tenant: tenantLease) {
+        if let idle = pool.lendNow(lane, context: context, tenant: tenantLease) {
             return attach(idle, for: purpose)
         }
         var answered = false
-        let id = pool.acquire(key: poolKey, context: context, tenant: tenantLease) { [self] result in
+        let id = pool.acquire(lane, context: context, tenant: tenantLease) { [self] result in
             answered = true
             waiterID = nil
             if let started = waitStarted {
@@ -748,7 +768,7 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func attach(_ borrowed: UpstreamConnection, for purpose: BorrowPurpose) {
-        guard phase != .closed, let pool else {
+        guard phase != .closed, pool != nil else {
             self.pool?.release(borrowed, tenant: tenantLease)
             return
         }
@@ -769,7 +789,7 @@ final class ClientSession: UpstreamConnectionOwner {
             } else if let member = pendingMembership {
                 checkMembership(member)
             } else {
-                startupParameters = poolKey.flatMap { pool.serverParameters[$0] } ?? []
+                startupParameters = lane?.serverParameters ?? []
                 giveBack()
                 becomeReady()
             }
@@ -799,6 +819,7 @@ final class ClientSession: UpstreamConnectionOwner {
         logger.info("tenant placed on another cluster", metadata: ["from": "\(tenant.upstream)", "to": "\(current.upstream)"])
         binding?.tenant?.upstream = current.upstream
         poolKey?.cluster = current.upstream
+        lane = poolKey.flatMap { pool?.lane($0) }
         if !transactionPooling { fail(.tenantMoved) }
     }
 
@@ -876,16 +897,17 @@ final class ClientSession: UpstreamConnectionOwner {
     // MARK: - Injected queries
 
     private func inject(_ queries: [String], purpose: Injection.Purpose, flush: Bool = true) {
-        guard let upstream, !queries.isEmpty else { return }
+        guard let connection, !queries.isEmpty else { return }
         injection = Injection(purpose: purpose, remaining: queries.count)
-        var buffer = upstream.allocator.buffer(capacity: 256)
+        var buffer = connection.channel.allocator.buffer(capacity: 256)
         for sql in queries {
             FrontendMessage.query(Query(query: sql)).encode(into: &buffer)
         }
         if flush {
-            upstream.writeAndFlush(buffer, promise: nil)
+            connection.write(buffer)
+            connection.flush()
         } else {
-            upstream.write(buffer, promise: nil)
+            connection.write(buffer)
         }
     }
 
@@ -942,7 +964,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 binding?.userID = userID
             }
             if transactionPooling {
-                startupParameters = pool.flatMap { pool in poolKey.flatMap { pool.serverParameters[$0] } } ?? []
+                startupParameters = lane?.serverParameters ?? []
                 giveBack()
                 becomeReady()
             } else if let connection, let wanted = wantedContext, connection.context != wanted {
@@ -977,7 +999,7 @@ final class ClientSession: UpstreamConnectionOwner {
                     return checkMembership(member)
                 }
                 if transactionPooling {
-                    startupParameters = pool.flatMap { pool in poolKey.flatMap { pool.serverParameters[$0] } } ?? []
+                    startupParameters = lane?.serverParameters ?? []
                     giveBack()
                 }
                 becomeReady()
@@ -992,7 +1014,7 @@ final class ClientSession: UpstreamConnectionOwner {
     // MARK: - Relaying client messages
 
     private func relayClientMessages(_ buffer: inout ByteBuffer) throws {
-        guard let upstream else {
+        guard let upstream = connection else {
             // Transaction pooling between transactions: borrow for the next message, unless it
             // is the client leaving.
             guard transactionPooling, buffer.readableBytes > 0 else { return }
@@ -1018,7 +1040,7 @@ final class ClientSession: UpstreamConnectionOwner {
         var runStart = buffer.readerIndex
         func emitRun(upTo end: Int) {
             if end > runStart, let slice = original.getSlice(at: runStart, length: end - runStart) {
-                upstream.write(slice, promise: nil)
+                upstream.write(slice)
             }
         }
         while !clientPaused, phase == .relaying, connection != nil {
@@ -1036,7 +1058,7 @@ final class ClientSession: UpstreamConnectionOwner {
             case .replace(let buffers):
                 emitRun(upTo: frameStart)
                 runStart = buffer.readerIndex
-                for out in buffers { upstream.write(out, promise: nil) }
+                for out in buffers { upstream.write(out) }
             case .pauseAfter:
                 clientPaused = true
             case .closed:
@@ -1448,7 +1470,7 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     func upstreamReadComplete() {
-        client.flush()
+        flushClient()
     }
 
     func upstreamClosed() {
@@ -1474,7 +1496,7 @@ final class ClientSession: UpstreamConnectionOwner {
         var runStart = buffer.readerIndex
         func emitRun(upTo end: Int) {
             if end > runStart, let slice = original.getSlice(at: runStart, length: end - runStart) {
-                client.write(slice, promise: nil)
+                writeClient(slice)
             }
         }
         while phase != .closed, connection != nil, let frame = try backendDecoder.next(from: &buffer) {
@@ -1531,7 +1553,7 @@ final class ClientSession: UpstreamConnectionOwner {
         if transactionPooling, phase == .relaying, connection != nil, transactionStatus == .idle, !awaitingReply,
            buffer.readableBytes == 0 {
             // The read-complete event goes to the connection's next owner: flush our part now.
-            client.flush()
+            flushClient()
             giveBack()
             upstreamPending = nil
             if clientPending != nil { resumeClient() }
@@ -1727,9 +1749,10 @@ final class ClientSession: UpstreamConnectionOwner {
             message.encode(into: &buffer)
         }
         if flush {
-            client.writeAndFlush(buffer, promise: nil)
+            writeClient(buffer)
+            flushClient()
         } else {
-            client.write(buffer, promise: nil)
+            writeClient(buffer)
         }
     }
 
