@@ -25,4 +25,16 @@ final class ContextInjectorTests: XCTestCase {
         XCTAssertEqual(injector.resetStatements(searchPath: false), "RESET nile.tenant_id; RESET nile.user_id")
         XCTAssertEqual(injector.resetStatements(searchPath: true), "RESET nile.tenant_id; RESET nile.user_id; RESET search_path")
     }
+
+    func testSearchPathIsFoundOnlyInSchemaContexts() {
+        let injector = ContextInjector(tenantSetting: "nile.tenant_id", userSetting: "nile.user_id")
+        var tenant = Tenant(name: "acme", id: "acme-id")
+        XCTAssertFalse(ContextInjector.setsSearchPath(injector.statements(tenant: tenant, userID: "u1")!))
+        tenant.isolation = .schema
+        tenant.schema = "search_path"
+        XCTAssertTrue(ContextInjector.setsSearchPath(injector.statements(tenant: tenant, userID: nil)!))
+        XCTAssertFalse(ContextInjector.setsSearchPath(""))
+        XCTAssertFalse(ContextInjector.setsSearchPath("SET search_pat"))
+        XCTAssertTrue(ContextInjector.setsSearchPath("SET search_path = x"))
+    }
 }

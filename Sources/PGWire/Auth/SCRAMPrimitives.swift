@@ -102,23 +102,40 @@ enum SCRAMMessage {
         return string
     }
 
-    /// Splits "a=1,b=2" into its comma-separated parts, keeping empty parts.
+    /// Splits "a=1,b=2" into its comma-separated parts, keeping empty parts. By bytes, as RFC 5802
+    /// and PostgreSQL read it (splitting by Characters cost tens of thousands of instructions
+    /// per log-in).
     static func parts(_ text: Substring) -> [Substring] {
-        text.split(separator: ",", omittingEmptySubsequences: false)
+        var result: [Substring] = []
+        var start = text.startIndex
+        var index = text.utf8.startIndex
+        while index != text.utf8.endIndex {
+            if text.utf8[index] == UInt8(ascii: ",") {
+                result.append(text[start..<index])
+                start = text.utf8.index(after: index)
+            }
+            index = text.utf8.index(after: index)
+        }
+        result.append(text[start..<text.endIndex])
+        return result
     }
 
     /// Returns the value of an attribute part "k=value", checking that its key is `key`.
     static func value(of part: Substring, key: Character, what: String) throws -> Substring {
-        guard part.count >= 2, part.first == key, part.dropFirst().first == "=" else {
+        let bytes = part.utf8
+        guard bytes.count >= 2, let ascii = key.asciiValue, bytes.first == ascii,
+              bytes[bytes.index(after: bytes.startIndex)] == UInt8(ascii: "=") else {
             throw SCRAMError(.malformedMessage, "expected attribute \"\(key)\" in \(what)")
         }
-        return part.dropFirst(2)
+        return part[bytes.index(bytes.startIndex, offsetBy: 2)...]
     }
 
     /// Checks that a part is a syntactically valid attribute ("<letter>=<value>"), for extensions.
     static func isAttribute(_ part: Substring) -> Bool {
-        guard part.count >= 2, let first = part.first, first.isASCII, first.isLetter,
-              part.dropFirst().first == "=" else { return false }
+        let bytes = part.utf8
+        guard bytes.count >= 2, let first = bytes.first,
+              (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(first | 0x20),
+              bytes[bytes.index(after: bytes.startIndex)] == UInt8(ascii: "=") else { return false }
         return true
     }
 }

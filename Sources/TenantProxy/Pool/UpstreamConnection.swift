@@ -73,8 +73,9 @@ final class UpstreamConnection {
     var cancelPort = 0
     /// The tenant of its last borrower (SHOW SERVERS).
     var lastTenant: String?
-    /// The borrower whose settings the connection carries, and their version (see ClientSession).
-    var settingsStamp: (owner: Int64, version: Int)?
+    /// The shared settings object `applied` equals, when known: a borrower holding the same
+    /// object needs no diff (see SessionSettings).
+    var appliedSettings: SessionSettings?
     /// Last autoRead value set on the channel.
     var reading = true
     /// Set when the connection must not be lent again (error mid-protocol, failed context).

@@ -22,6 +22,12 @@ final class ProxyRuntime: @unchecked Sendable {
     /// Prometheus series (scraped from the metrics endpoint when one is configured).
     let metrics: ProxyMetrics
     let scramKeys = SCRAMKeyCache()
+    /// Clients' session settings, one shared object per distinct set (transaction mode).
+    let settingsInterner = Interner.settings()
+    /// Tenant context statements, one shared string per distinct context: an idle client holds
+    /// no copy of its own, and comparing a connection's context with a client's is mostly a
+    /// comparison of the same storage.
+    let contextInterner = Interner<String, String> { $0 }
     /// Set once at start, before the listener accepts anyone.
     private(set) var jwtVerifier: JWTVerifier?
 

@@ -32,13 +32,23 @@ final class ProxyServer: @unchecked Sendable {
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: runtime.config.server.reusePort ? 1 : 0)
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
-            // Client messages are small (queries, binds); a channel keeps its receive buffer while
-            // idle, so start small and let it grow for bigger messages (COPY, large binds).
-            .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536))
             .childChannelInitializer { channel in
-                channel.pipeline.addHandler(ClientChannelHandler(runtime: runtime))
+                // Options and handler set synchronously: as child channel options they went through
+                // a chain of futures on every accepted connection.
+                do {
+                    if let options = channel.syncOptions {
+                        try options.setOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                        try options.setOption(ChannelOptions.maxMessagesPerRead, value: 16)
+                        // Client messages are small (queries, binds); a channel keeps its receive
+                        // buffer while idle, so start small and let it grow for bigger messages.
+                        try options.setOption(ChannelOptions.recvAllocator,
+                                              value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65536))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(runtime: runtime))
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
             }
         let config = runtime.config.server
         listener = try bootstrap.bind(host: config.listenHost, port: config.listenPort).wait()

@@ -77,8 +77,10 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private var frontendDecoder: PGFrontendDecoder
     private var backendDecoder: PGBackendDecoder
-    private var startupMachine: ClientStartupMachine
-    private var upstreamMachine: UpstreamStartupMachine?
+    /// Until log-in ends (then released).
+    private var startupMachine: Boxed<ClientStartupMachine>?
+    /// Session mode, while the dedicated connection logs in.
+    private var upstreamMachine: Boxed<UpstreamStartupMachine>?
     private var loginHandler: UpstreamConnectionHandler?
 
     private var connection: UpstreamConnection?
@@ -98,6 +100,7 @@ final class ClientSession: UpstreamConnectionOwner {
             // What the hot path asks of the binding, kept apart: reading through the optional
             // struct copies (and retains) all of it every time.
             wantedContext = binding.flatMap { runtime.injector.statements(tenant: $0.tenant, userID: $0.userID) }
+                .map(runtime.contextInterner.intern)
             tenantLease = binding?.tenant?.id
             cluster = binding?.tenant?.upstream ?? "default"
             isSwitchUser = binding?.mode == .switch
@@ -132,15 +135,8 @@ final class ClientSession: UpstreamConnectionOwner {
     private var prepared: PreparedStatements?
     /// Session settings the client asked for (startup parameters and options, and tracked
     /// parameters it SET later), restored on every borrowed connection. Lower-case names.
-    private var desiredSettings: [String: String] = [:]
-    /// Changes whenever desiredSettings does; a connection stamped with it needs no diff.
-    private var settingsVersion = 0
-    /// This session's BackendKeyData as one number: 62 random bits, so a stamp left by a closed
-    /// session is never mistaken for a new one's (an object address could be reused).
-    private var sessionIdentity: Int64 {
-        guard let key = proxyKey else { return 0 }
-        return Int64(key.processID) << 32 | Int64(UInt32(bitPattern: key.secretKey))
-    }
+    /// Shared with every client that has the same settings (see SessionSettings).
+    private var desiredSettings: SessionSettings
     private var startupParameters: [ParameterStatus] = []
 
     /// Set by the channel handler: puts TLS in front of this connection (false if it cannot).
@@ -178,13 +174,14 @@ final class ClientSession: UpstreamConnectionOwner {
     init(client: Channel, runtime: ProxyRuntime) {
         self.client = client
         self.clientOut = LoopWriter(client)
+        self.desiredSettings = runtime.settingsInterner.intern([:])
         self.runtime = runtime
         let config = runtime.config
         self.transactionPooling = config.pool.mode == .transaction
         let maxMessage = config.server.maxMessageBytes
         self.frontendDecoder = PGFrontendDecoder(maxMessageLength: maxMessage)
         self.backendDecoder = PGBackendDecoder(maxMessageLength: maxMessage)
-        self.startupMachine = ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret)
+        self.startupMachine = Boxed(ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret))
     }
 
     static func isLoopback(_ address: SocketAddress?) -> Bool {
@@ -293,7 +290,7 @@ final class ClientSession: UpstreamConnectionOwner {
 
     func clientClosed() {
         guard phase != .closed else { return }
-        logger.debug("client disconnected")
+        if runtime.logger.logLevel <= .debug { logger.debug("client disconnected") }
         close()
     }
 
@@ -309,7 +306,7 @@ final class ClientSession: UpstreamConnectionOwner {
         guard phase == .startup, !tlsActive, startTLS?() == true else { return false }
         directTLS = true
         tlsActive = true
-        startupMachine = ClientStartupMachine(tlsAvailable: false, mockSecret: runtime.mockSecret, insideTLS: true)
+        startupMachine = Boxed(ClientStartupMachine(tlsAvailable: false, mockSecret: runtime.mockSecret, insideTLS: true))
         return true
     }
 
@@ -325,7 +322,8 @@ final class ClientSession: UpstreamConnectionOwner {
     // MARK: - Start-up
 
     private func processStartup(_ buffer: inout ByteBuffer) throws {
-        while phase == .startup, let part = try frontendDecoder.next(from: &buffer) {
+        defer { if phase != .startup { startupMachine = nil } }
+        while phase == .startup, let startupMachine, let part = try frontendDecoder.next(from: &buffer) {
             let action: ClientStartupMachine.Action
             switch part {
             case .startup(let packet):
@@ -335,12 +333,12 @@ final class ClientSession: UpstreamConnectionOwner {
                     if runtime.throttle.isLocked(clientAddress) {
                         return refuseLogin(.lockedOut, count: false)
                     }
-                    action = startupMachine.receive(packet, user: split.user, plan: authPlan(user: split.user, startup: startup))
+                    action = startupMachine.value.receive(packet, user: split.user, plan: authPlan(user: split.user, startup: startup))
                 } else {
-                    action = startupMachine.receive(packet, user: nil, plan: AuthPlan())
+                    action = startupMachine.value.receive(packet, user: nil, plan: AuthPlan())
                 }
             case .frame(let frame):
-                action = startupMachine.receive(frame)
+                action = startupMachine.value.receive(frame)
             }
             run(action, remaining: &buffer)
         }
@@ -363,7 +361,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 return
             }
             tlsActive = true
-            startupMachine = ClientStartupMachine(tlsAvailable: false, mockSecret: runtime.mockSecret, insideTLS: true)
+            startupMachine = Boxed(ClientStartupMachine(tlsAvailable: false, mockSecret: runtime.mockSecret, insideTLS: true))
 
         case .refuseEncryption:
             // Bytes after an SSLRequest before our answer would be a TLS ClientHello sent blind.
@@ -509,7 +507,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 pendingMembership = claimed
             }
         }
-        desiredSettings = Self.clientSettings(binding.upstreamParameters)
+        desiredSettings = runtime.settingsInterner.intern(Self.clientSettings(binding.upstreamParameters))
         // Transaction mode restores desiredSettings on each lend; the raw parameters would only
         // sit in memory for as long as the client stays.
         if transactionPooling { binding.upstreamParameters = [:] }
@@ -575,8 +573,8 @@ final class ClientSession: UpstreamConnectionOwner {
         for key in parameters.keys where key.hasPrefix("_pq_.") {
             parameters.removeValue(forKey: key)
         }
-        upstreamMachine = UpstreamStartupMachine(user: role.user, password: role.password)
-        upstreamMachine?.keyCache = runtime.scramKeys
+        upstreamMachine = Boxed(UpstreamStartupMachine(user: role.user, password: role.password))
+        upstreamMachine?.value.keyCache = runtime.scramKeys
         let upstreamStartup = StartupMessage(parameters: parameters)
         let handler = UpstreamConnectionHandler()
         handler.loginOwner = self
@@ -610,7 +608,7 @@ final class ClientSession: UpstreamConnectionOwner {
     private func processUpstreamStartup(_ buffer: inout ByteBuffer) throws {
         while phase == .connectingUpstream, upstreamMachine != nil, let frame = try backendDecoder.next(from: &buffer) {
             let message = try BackendMessage.decode(frame)
-            guard let action = upstreamMachine?.receive(message) else { return }
+            guard let action = upstreamMachine?.value.receive(message) else { return }
             switch action {
             case .wait:
                 continue
@@ -831,33 +829,32 @@ final class ClientSession: UpstreamConnectionOwner {
         let wanted = wantedContext ?? ""
         if connection.context != wanted {
             if !connection.context.isEmpty {
-                queries.append(runtime.injector.resetStatements(searchPath: connection.context.contains("search_path")))
+                queries.append(runtime.injector.resetStatements(searchPath: ContextInjector.setsSearchPath(connection.context)))
             }
             if !wanted.isEmpty { queries.append(wanted) }
             connection.context = wanted
         }
-        // The connection still carries exactly this client's settings: nothing to compare.
-        if let stamp = connection.settingsStamp, stamp.owner == sessionIdentity, stamp.version == settingsVersion,
-           connection.preparedStatements.count <= 500 {
+        // The connection carries exactly these settings (this client's, or another's with the
+        // same): nothing to compare.
+        if connection.appliedSettings === desiredSettings, connection.preparedStatements.count <= 500 {
             return queries
         }
+        let desired = desiredSettings.values
         var sets: [String] = []
-        if connection.applied != desiredSettings {
-            // Another client's settings are on it (10 tenants interleaving: the usual case is
-            // equal dictionaries, checked above without sorting anything).
-            for (name, value) in desiredSettings.sorted(by: { $0.key < $1.key }) where connection.applied[name] != value {
+        if connection.applied != desired {
+            for (name, value) in desired.sorted(by: { $0.key < $1.key }) where connection.applied[name] != value {
                 guard ContextInjector.isSafeSettingName(name) else { continue }
                 sets.append("SET \(name) = \(ContextInjector.literal(value))")
                 connection.applied[name] = value
             }
-            for name in connection.applied.keys.sorted() where desiredSettings[name] == nil {
+            for name in connection.applied.keys.sorted() where desired[name] == nil {
                 guard ContextInjector.isSafeSettingName(name) else { continue }
                 sets.append("RESET \(name)")
                 connection.applied.removeValue(forKey: name)
             }
         }
         if !sets.isEmpty { queries.append(sets.joined(separator: "; ")) }
-        connection.settingsStamp = (sessionIdentity, settingsVersion)
+        connection.appliedSettings = desiredSettings
         if connection.preparedStatements.count > 500 {
             queries.append("DEALLOCATE ALL")
             connection.preparedStatements.removeAll()
@@ -885,7 +882,8 @@ final class ClientSession: UpstreamConnectionOwner {
         messages.append(.readyForQuery(ReadyForQuery(status: .idle)))
         startupParameters = []
         writeToClient(messages, flush: true)
-        logger.debug("session ready")
+        // The logger (with this session's metadata) costs more to build than the rest of a log-in.
+        if runtime.logger.logLevel <= .debug { logger.debug("session ready") }
         resumeClient()
     }
 
@@ -1141,7 +1139,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 verdict.reapplyContextAfter = false
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
-                connection?.settingsStamp = nil
+                connection?.appliedSettings = nil
                 cycleNotes.append(.reapply)
                 return .pauseAfter
             }
@@ -1197,7 +1195,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 reapplyAfterSync = false
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
-                connection?.settingsStamp = nil
+                connection?.appliedSettings = nil
                 cycleNotes.append(.reapply)
                 return .pauseAfter
             }
@@ -1521,10 +1519,12 @@ final class ClientSession: UpstreamConnectionOwner {
                     connection?.parameters[status.name] = status.value
                     let name = status.name.lowercased()
                     if Self.trackedParameters.contains(name), desiredSettings[name] != status.value {
-                        desiredSettings[name] = status.value
+                        var changed = desiredSettings.values
+                        changed[name] = status.value
+                        desiredSettings = runtime.settingsInterner.intern(changed)
+                        // The connection had this client's settings (restored when lent), and now this one too.
                         connection?.applied[name] = status.value
-                        settingsVersion += 1
-                        connection?.settingsStamp = (sessionIdentity, settingsVersion)
+                        connection?.appliedSettings = desiredSettings
                     }
                 }
             case BackendMessageID.errorResponse.rawValue:
@@ -1815,5 +1815,4 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         client.close(promise: nil)
     }
-
 }

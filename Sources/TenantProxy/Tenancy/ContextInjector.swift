@@ -59,6 +59,17 @@ struct ContextInjector: Sendable {
         return parts.isEmpty ? nil : parts.joined(separator: "; ")
     }
 
+    /// Whether `statements` (as built above) set search_path: a byte search, not Foundation's
+    /// `contains`, which went through CFString on every tenant switch of a pooled connection.
+    static func setsSearchPath(_ statements: String) -> Bool {
+        let needle = Array("SET search_path".utf8)
+        let bytes = Array(statements.utf8)
+        guard bytes.count >= needle.count else { return false }
+        return (0...(bytes.count - needle.count)).contains { start in
+            bytes[start] == needle[0] && bytes[start..<start + needle.count].elementsEqual(needle)
+        }
+    }
+
     /// The statements that clear a context `statements` set (search_path too, for a tenant with
     /// isolation = schema), as one simple-query string.
     func resetStatements(searchPath: Bool) -> String {
