@@ -51,14 +51,16 @@ struct PreparedStatements {
         return (name, cursor, portal)
     }
 
-    /// A Bind frame with its statement name replaced; the parameter bytes are not copied.
-    static func renamedBind(portal: String, statement: String, rest: ByteBuffer, allocator: ByteBufferAllocator) -> [ByteBuffer] {
-        var header = allocator.buffer(capacity: 16 + portal.utf8.count + statement.utf8.count)
-        let length = 4 + portal.utf8.count + 1 + statement.utf8.count + 1 + rest.readableBytes
+    /// The start of a Bind with its statement name replaced (type, length, portal, statement
+    /// name), sent before the original's `restLength` bytes of parameters: those are not copied.
+    /// Written into `header` (cleared first): a buffer the caller keeps reuses its storage once
+    /// the previous header has gone out.
+    static func writeRenamedBindHeader(into header: inout ByteBuffer, portal: String, statement: String, restLength: Int) {
+        header.clear()
+        let length = 4 + portal.utf8.count + 1 + statement.utf8.count + 1 + restLength
         header.writeInteger(FrontendMessageID.bind.rawValue)
         header.writeInteger(Int32(length))
         header.writeNullTerminatedString(portal)
         header.writeNullTerminatedString(statement)
-        return [header, rest]
     }
 }

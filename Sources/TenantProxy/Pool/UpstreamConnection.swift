@@ -53,6 +53,9 @@ final class UpstreamConnection {
     private let out: LoopWriter
     /// Bytes written since the last flush: an empty flush still walks the pipeline.
     private var unflushed = false
+    /// Small messages the proxy writes on this connection (renamed Bind headers) are built here:
+    /// once the previous one has been written, its storage is reused, not allocated again.
+    var scratch: ByteBuffer
     let key: PoolKey
     /// The pool lane it belongs to (transaction pooling; nil for a session's own connection).
     let lane: UpstreamPool.Lane?
@@ -98,6 +101,7 @@ final class UpstreamConnection {
     init(channel: Channel, key: PoolKey, lane: UpstreamPool.Lane? = nil) {
         self.channel = channel
         self.out = LoopWriter(channel)
+        self.scratch = channel.allocator.buffer(capacity: 64)
         self.key = key
         self.lane = lane
     }

@@ -1057,6 +1057,12 @@ final class ClientSession: UpstreamConnectionOwner {
                 emitRun(upTo: frameStart)
                 runStart = buffer.readerIndex
                 for out in buffers { upstream.write(out) }
+            case .rebind(let parse, let header, let rest):
+                emitRun(upTo: frameStart)
+                runStart = buffer.readerIndex
+                if let parse { upstream.write(parse) }
+                upstream.write(header)
+                upstream.write(rest)
             case .pauseAfter:
                 clientPaused = true
             case .closed:
@@ -1083,6 +1089,9 @@ final class ClientSession: UpstreamConnectionOwner {
         case drop
         /// Send these bytes instead of the frame.
         case replace([ByteBuffer])
+        /// A Bind under the statement's proxy name (the Parse that prepares it on this connection
+        /// first, when needed): the common case of `replace`, without its arrays.
+        case rebind(parse: ByteBuffer?, header: ByteBuffer, rest: ByteBuffer)
         /// Forward it, then hold everything after it until the context is re-applied.
         case pauseAfter
         case closed
@@ -1322,12 +1331,18 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private func renameBind(_ frame: PGFrame) -> FrameDecision {
         guard transactionPooling,
-              let (name, rest, portal) = PreparedStatements.statementName(ofBind: frame.payload), !name.isEmpty
+              let (name, rest, portal) = PreparedStatements.statementName(ofBind: frame.payload), !name.isEmpty,
+              let statement = prepared?[name], let connection
         else { return .forward }
-        var out: [ByteBuffer] = []
-        guard let proxyName = ensurePrepared(name, into: &out) else { return .forward }
-        out += PreparedStatements.renamedBind(portal: portal, statement: proxyName, rest: rest, allocator: client.allocator)
-        return .replace(out)
+        var parse: ByteBuffer?
+        if !connection.preparedStatements.contains(statement.proxyName) {
+            parse = statement.parse
+            parseOrigins.append(true)
+            connection.preparedStatements.insert(statement.proxyName)
+        }
+        PreparedStatements.writeRenamedBindHeader(into: &connection.scratch, portal: portal, statement: statement.proxyName,
+                                                  restLength: rest.readableBytes)
+        return .rebind(parse: parse, header: connection.scratch, rest: rest)
     }
 
     private func renameStatementTarget(_ frame: PGFrame) -> FrameDecision {
