@@ -33,7 +33,9 @@
 // Unterminated quotes, dollar quotes and comments: refused. The server would reject the whole
 // message with a syntax error anyway, so nothing a client can legitimately want is lost, and
 // refusing means a disagreement between this lexer and the server's about where a quote ends can
-// never let an uninspected tail through. (The error the client sees is ours, not the server's.)
+// never let an uninspected tail through. (The error the client sees is ours, not the server's;
+// text holding none of the words either guard acts on is not lexed at all, see GuardPrefilter,
+// and an unterminated quote there gets the server's syntax error.)
 //
 // standard_conforming_strings: with it off, '...' strings take backslash escapes, which changes
 // where they end. When the policy does not say which setting the session has (nil, the default:

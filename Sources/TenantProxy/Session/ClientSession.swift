@@ -1107,9 +1107,11 @@ final class ClientSession: UpstreamConnectionOwner {
         switch frame.type {
         case FrontendMessageID.query.rawValue:
             guard tenantStillActive() else { return .closed }
-            var verdict = inspect(frame.payload, skippingName: false)
+            // Text with nothing either guard acts on is not lexed (see GuardPrefilter).
+            let guarded = withSQL(frame.payload, skippingName: false, GuardPrefilter.mayMatter)
+            var verdict = guarded ? inspect(frame.payload, skippingName: false) : .allow
             var transactionVerdict = TransactionModeVerdict.allow
-            if verdict.refusal == nil, transactionPooling {
+            if guarded, verdict.refusal == nil, transactionPooling {
                 transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: false)
                 if let refusal = transactionVerdict.refusal {
                     countRefusal("session_state")
@@ -1160,13 +1162,14 @@ final class ClientSession: UpstreamConnectionOwner {
             if refusedBatch != nil { return .drop }
             let nothingPending = !extendedOpen && cycleNotes.isEmpty && injection == nil
             extendedOpen = true
-            let verdict = inspect(frame.payload, skippingName: true)
+            let guarded = withSQL(frame.payload, skippingName: true, GuardPrefilter.mayMatter)
+            let verdict = guarded ? inspect(frame.payload, skippingName: true) : .allow
             if let refusal = verdict.refusal {
                 countRefusal("context")
                 refuseBatch(ProxyError.guardRefusal(refusal).errorResponse, now: nothingPending)
                 return .drop
             }
-            if transactionPooling {
+            if guarded, transactionPooling {
                 let transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: true)
                 if let refusal = transactionVerdict.refusal {
                     countRefusal("session_state")

@@ -12,6 +12,10 @@ final class StatementGuardTests: XCTestCase {
                                file: StaticString = #filePath, line: UInt = #line) {
         let v = g.inspect(sql)
         XCTAssertNotNil(v.refusal, "expected refusal: \(sql)", file: file, line: line)
+        // Every refusal but "unterminated" must reach the guard (see GuardPrefilter).
+        if v.refusal != "unterminated quoted string, quoted identifier or comment" {
+            XCTAssertTrue(GuardPrefilter.mayMatter(sql), "the prefilter would let a refused text skip the guard: \(sql)", file: file, line: line)
+        }
         if let fragment, let r = v.refusal {
             XCTAssertTrue(r.contains(fragment), "reason \"\(r)\" lacks \"\(fragment)\"", file: file, line: line)
         }
