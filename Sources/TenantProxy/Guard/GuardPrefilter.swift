@@ -24,27 +24,36 @@ enum GuardPrefilter {
             if byte >= 0x80 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "&") || byte == UInt8(ascii: "\\") {
                 return true
             }
-            // `| 0x20` lower-cases ASCII letters and maps no other byte onto one. Keep this switch
-            // and `words` in step (a test checks every word is found).
-            switch byte | 0x20 {
-            case UInt8(ascii: "s"):
+            // `| 0x20` lower-cases ASCII letters and maps no other byte onto one. The second
+            // letter is compared before a whole word. Keep this switch and `words` in step (a
+            // test checks that every word is found).
+            let next = index + 1 < sql.count ? sql[index + 1] | 0x20 : 0
+            switch (byte | 0x20, next) {
+            case (UInt8(ascii: "s"), UInt8(ascii: "e")):
                 if word(sql, index, "set") { return true }
-            case UInt8(ascii: "d"):
-                if word(sql, index, "do") || word(sql, index, "discard") || word(sql, index, "declare")
-                    || word(sql, index, "deallocate") { return true }
-            case UInt8(ascii: "a"):
-                if word(sql, index, "alter") || word(sql, index, "advisory") { return true }
-            case UInt8(ascii: "l"):
-                if word(sql, index, "load") || word(sql, index, "listen") { return true }
-            case UInt8(ascii: "c"):
+            case (UInt8(ascii: "d"), UInt8(ascii: "o")):
+                return true
+            case (UInt8(ascii: "d"), UInt8(ascii: "i")):
+                if word(sql, index, "discard") { return true }
+            case (UInt8(ascii: "d"), UInt8(ascii: "e")):
+                if word(sql, index, "declare") || word(sql, index, "deallocate") { return true }
+            case (UInt8(ascii: "a"), UInt8(ascii: "l")):
+                if word(sql, index, "alter") { return true }
+            case (UInt8(ascii: "a"), UInt8(ascii: "d")):
+                if word(sql, index, "advisory") { return true }
+            case (UInt8(ascii: "l"), UInt8(ascii: "o")):
+                if word(sql, index, "load") { return true }
+            case (UInt8(ascii: "l"), UInt8(ascii: "i")):
+                if word(sql, index, "listen") { return true }
+            case (UInt8(ascii: "c"), UInt8(ascii: "o")):
                 if word(sql, index, "copy") { return true }
-            case UInt8(ascii: "p"):
+            case (UInt8(ascii: "p"), UInt8(ascii: "r")):
                 if word(sql, index, "prepare") { return true }
-            case UInt8(ascii: "e"):
+            case (UInt8(ascii: "e"), UInt8(ascii: "x")):
                 if word(sql, index, "execute") { return true }
-            case UInt8(ascii: "h"):
+            case (UInt8(ascii: "h"), UInt8(ascii: "o")):
                 if word(sql, index, "hold") { return true }
-            case UInt8(ascii: "t"):
+            case (UInt8(ascii: "t"), UInt8(ascii: "e")):
                 if word(sql, index, "temp") { return true }
             default:
                 break
