@@ -79,6 +79,11 @@ PROFILE = [t for t in os.environ.get("BENCH_PROFILE", "").split(",") if t]
 # sampling; the log then shows each profiled cell's CPU microseconds per transaction.
 PERF_STAT = os.environ.get("BENCH_PERF_STAT", "") not in ("", "0")
 KEEP = KEEP or bool(PROFILE)
+# BENCH_CALLGRIND=N: run tenant-proxy (transaction mode) under valgrind --tool=callgrind and give
+# each of its cells N transactions per client (pgbench -t) instead of -T: the table then gets the
+# proxy's user-space instructions per transaction (deterministic, unlike times on a shared
+# machine). Other targets run as usual. Slow: use with BENCH_TARGETS=proxy-tx and few cells.
+CALLGRIND = env_int("BENCH_CALLGRIND", 0)
 PROXY_THREADS = env_int("BENCH_PROXY_THREADS", 0)   # tenant-proxy event_loop_threads (0 = one per core)
 RUN_PGBENCH = os.environ.get("BENCH_PGBENCH", "1") != "0"   # 0: idle memory only
 PROXY_BIN = Path(os.environ.get("TENANT_PROXY_BIN", REPO / ".build-bench" / "release" / "tenant-proxy"))
@@ -452,14 +457,36 @@ level = "warning"
         res = run([str(PROXY_BIN), "check-config", str(self.write())], check=False)
         return res.returncode == 0, (res.stdout + res.stderr).strip()
 
+    @property
+    def under_callgrind(self) -> bool:
+        return CALLGRIND > 0 and self.mode == "transaction"
+
     def start(self):
         conf = self.write()
+        command = [str(PROXY_BIN), "run", "--config", str(conf)]
+        if self.under_callgrind:
+            # valgrind cannot read the DWARF of Swift 6 binaries: a copy without it (symbols stay).
+            stripped = self.dir / "tenant-proxy-stripped"
+            shutil.copy(PROXY_BIN, stripped)
+            run(["strip", "-g", str(stripped)])
+            command = ["valgrind", "--tool=callgrind", "--dump-instr=no",
+                       f"--callgrind-out-file={self.dir}/callgrind.out.%p", str(stripped)] + command[1:]
         self.proc = self.procs.add(self.name, subprocess.Popen(
-            [str(PROXY_BIN), "run", "--config", str(conf)], stdout=open(self.dir / "stdout", "w"),
+            command, stdout=open(self.dir / "stdout", "w"),
             stderr=open(self.dir / "stderr", "w"), start_new_session=True, cwd=str(self.dir),
             env=clean_env()))
-        wait_port(self.port, 30, self.proc, self.name)
+        wait_port(self.port, 120 if self.under_callgrind else 30, self.proc, self.name)
         self.pid = self.proc.pid
+
+    def callgrind_instructions(self, label: str) -> int | None:
+        """Dumps the counts since the last zeroing; returns their total (Ir)."""
+        before = set(self.dir.glob("callgrind.out.*"))
+        run(["callgrind_control", "-d", label, str(self.pid)], check=False)
+        fresh = sorted(set(self.dir.glob("callgrind.out.*")) - before, key=lambda f: f.stat().st_mtime)
+        for line in (fresh[-1].read_text().splitlines() if fresh else []):
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+        return None
 
 
 def tenant_map(verifier: str) -> str:
@@ -506,6 +533,7 @@ class Cell:
     label: str = ""
     group: tuple = ()
     note: str = ""
+    instructions: float | None = None   # BENCH_CALLGRIND: the proxy's per transaction
 
 
 SCRIPT_ARGS = {"select-only": ["-b", "select-only"], "tpcb-like": ["-b", "tpcb-like"]}
@@ -529,7 +557,7 @@ def percentile(sorted_vals: list[int], q: float) -> float:
 
 
 def run_cell(work: Path, target: Target, script: str, protocol: str, clients: int,
-             connect: bool, rls_script: Path, procs: Procs) -> Cell:
+             connect: bool, rls_script: Path, procs: Procs, callgrind: "TenantProxy | None" = None) -> Cell:
     cell = Cell(target.key, script, protocol, clients, connect,
                 label=target.row_label(protocol, script))
     logdir = Path(tempfile.mkdtemp(prefix="log-", dir=work))
@@ -544,8 +572,11 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                    if PERF_STAT else ["perf", "record", "-F", "999", "-g", "-p", str(target.pid), "-o", str(data)])
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log(f"profiling {target.key} into {data}")
+    if callgrind:
+        run(["callgrind_control", "-z", str(callgrind.pid)], check=False)
     for i, c in enumerate(per):
-        args = [pgbench, "-n", "-T", str(SECONDS), "-c", str(c),
+        length = ["-t", str(CALLGRIND)] if callgrind else ["-T", str(SECONDS)]
+        args = [pgbench, "-n", *length, "-c", str(c),
                 "-j", str(min(2, c) if len(per) == 1 else 1), "-M", protocol,
                 "-l", f"--log-prefix={logdir}/p{i}", f"--sampling-rate={SAMPLING}"]
         args += ["-f", str(rls_script)] if script == "rls-select" else SCRIPT_ARGS[script]
@@ -563,7 +594,7 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                                                       start_new_session=True))
         running.append((p, out))
     tps, lat_sum, processed, failed, errors = 0.0, 0.0, 0, 0, []
-    deadline = time.monotonic() + SECONDS + 120
+    deadline = time.monotonic() + (3600 if callgrind else SECONDS + 120)
     for p, out in running:
         try:
             p.wait(timeout=max(1, deadline - time.monotonic()))
@@ -601,6 +632,11 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                 if len(parts) > 2 and parts[2].startswith("task-clock"):
                     with contextlib.suppress(ValueError):
                         log(f"perf stat {target.key}: {float(parts[0]) * 1000 / processed:.2f} CPU µs per transaction")
+    if callgrind and processed:
+        total = callgrind.callgrind_instructions(f"{script}-{protocol}-{clients}{'-C' if connect else ''}")
+        if total:
+            cell.instructions = total / processed
+            log(f"callgrind {target.key}: {cell.instructions:,.0f} instructions per transaction")
     if errors:
         cell.error = errors[0].strip()[:160]
     elif failed:
@@ -719,6 +755,15 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str]) 
         else:
             lines.append(f"| {c.label} | {script} | {c.protocol} | {c.clients} | {fmt(c.tps, 0)} | "
                          f"{fmt(c.avg_ms, 3)} | {fmt(c.p99_ms, 3)} | {ratio} |")
+    counted = [c for c in cells if c.instructions]
+    if counted:
+        lines += ["", f"tenant-proxy under callgrind (BENCH_CALLGRIND: pgbench -t {CALLGRIND} per client; its "
+                  "TPS above is valgrind's, not the proxy's): user-space instructions per transaction, "
+                  "log-ins of the cell's clients included.", "",
+                  "| script | protocol | clients | instructions per transaction |", "|---|---|---:|---:|"]
+        for c in counted:
+            script = c.script + (" -C" if c.connect else "")
+            lines.append(f"| {script} | {c.protocol} | {c.clients} | {c.instructions:,.0f} |")
     if memory:
         lines += ["", "Idle memory per client connection (authenticated, idle, VmRSS of the process "
                   "before and after opening them):", "",
@@ -902,7 +947,8 @@ def bench(work: Path, procs: Procs) -> int:
             n += 1
             if script == "tpcb-like":
                 reset_tpcb(pg)
-            cell = run_cell(work, t, script, proto, clients, connect, rls_script, procs)
+            cell = run_cell(work, t, script, proto, clients, connect, rls_script, procs,
+                            callgrind=proxy_t if t.key == "proxy-tx" and proxy_t.under_callgrind else None)
             cell.group = (script, proto, clients, connect)
             cells.append(cell)
             status = (f"error: {cell.error}" if cell.error else
