@@ -29,7 +29,7 @@
 #   BENCH_SKIP_BUILD=1     no build: use $TENANT_PROXY_BIN, default .build-bench/release/tenant-proxy
 # Needs: root or the postgres OS user's rights (Postgres and PgBouncer run as `postgres`),
 # Debian's postgresql-15 (initdb, pg_ctl, pgbench, psql), pgbouncer (installed if missing),
-# python3, swift.
+# valgrind for BENCH_CALLGRIND (installed if missing), python3, swift.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo="$(pwd)"
@@ -47,6 +47,15 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
       || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null; }
   else
     echo "bench.sh: pgbouncer missing; run as root or install it" >&2; exit 1
+  fi
+fi
+if [ "${BENCH_CALLGRIND:-0}" != 0 ] && ! command -v valgrind >/dev/null 2>&1; then
+  echo "==> installing valgrind (Debian package, for BENCH_CALLGRIND)"
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind >/dev/null \
+      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind >/dev/null; }
+  else
+    echo "bench.sh: valgrind missing; run as root or install it" >&2; exit 1
   fi
 fi
 export PATH="$PATH:/usr/sbin"
