@@ -40,23 +40,21 @@ if ! command -v swift >/dev/null 2>&1; then
   done
 fi
 
-if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
-  echo "==> installing pgbouncer (Debian package)"
+# Installs a Debian package the benchmark needs (as root; otherwise says what is missing).
+install_package() {
+  echo "==> installing $1 (Debian package)"
   if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null \
-      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >/dev/null; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "$1" >/dev/null \
+      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "$1" >/dev/null; }
   else
-    echo "bench.sh: pgbouncer missing; run as root or install it" >&2; exit 1
+    echo "bench.sh: $1 missing; run as root or install it" >&2; exit 1
   fi
+}
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  install_package pgbouncer
 fi
 if [ "${BENCH_CALLGRIND:-0}" != 0 ] && ! command -v valgrind >/dev/null 2>&1; then
-  echo "==> installing valgrind (Debian package, for BENCH_CALLGRIND)"
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind >/dev/null \
-      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind >/dev/null; }
-  else
-    echo "bench.sh: valgrind missing; run as root or install it" >&2; exit 1
-  fi
+  install_package valgrind
 fi
 export PATH="$PATH:/usr/sbin"
 # Debian's package starts a pgbouncer service on port 6432; we only use the binary.
