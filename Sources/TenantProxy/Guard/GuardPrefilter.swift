@@ -16,17 +16,30 @@ enum GuardPrefilter {
         "hold", "deallocate", "temp", "advisory",
     ]
 
+    /// The first letters of `words`, as bits (a = bit 0).
+    private static let firstLetters: UInt32 = {
+        var bits: UInt32 = 0
+        for word in words { bits |= 1 << UInt32(word.utf8.first! - UInt8(ascii: "a")) }
+        return bits
+    }()
+
     /// Whether the guards must look at `sql` (false: both would allow it and report nothing).
     static func mayMatter(_ sql: UnsafeRawBufferPointer) -> Bool {
+        let firstLetters = Self.firstLetters
         var index = 0
         while index < sql.count {
             let byte = sql[index]
-            if byte >= 0x80 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "&") || byte == UInt8(ascii: "\\") {
-                return true
+            // `| 0x20` lower-cases ASCII letters and maps no other byte onto one.
+            let letter = (byte | 0x20) &- UInt8(ascii: "a")
+            guard letter < 26, firstLetters & (1 << UInt32(letter)) != 0 else {
+                if byte >= 0x80 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "&") || byte == UInt8(ascii: "\\") {
+                    return true
+                }
+                index += 1
+                continue
             }
-            // `| 0x20` lower-cases ASCII letters and maps no other byte onto one. The second
-            // letter is compared before a whole word. Keep this switch and `words` in step (a
-            // test checks that every word is found).
+            // The second letter is compared before a whole word. Keep this switch, `words` and
+            // `firstLetters` in step (a test checks that every word is found).
             let next = index + 1 < sql.count ? sql[index + 1] | 0x20 : 0
             switch (byte | 0x20, next) {
             case (UInt8(ascii: "s"), UInt8(ascii: "e")):

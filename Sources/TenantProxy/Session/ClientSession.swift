@@ -1391,13 +1391,16 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func withSQL<T>(_ payload: ByteBuffer, skippingName: Bool, _ body: (UnsafeRawBufferPointer) -> T) -> T {
-        var sqlStart = payload.readerIndex
-        if skippingName, let nameEnd = payload.readableBytesView.firstIndex(of: 0) {
-            sqlStart = nameEnd + 1
-        }
-        let end = payload.readableBytesView[sqlStart...].firstIndex(of: 0) ?? payload.writerIndex
-        return payload.withUnsafeReadableBytes { raw in
-            body(UnsafeRawBufferPointer(rebasing: raw[(sqlStart - payload.readerIndex)..<(end - payload.readerIndex)]))
+        // The NUL terminators are found with memchr on the bytes in place (searching the
+        // ByteBufferView cost about ten instructions a byte).
+        payload.withUnsafeReadableBytes { raw in
+            func terminator(from start: Int) -> Int {
+                guard start < raw.count, let base = raw.baseAddress,
+                      let found = memchr(base + start, 0, raw.count - start) else { return raw.count }
+                return base.distance(to: UnsafeRawPointer(found))
+            }
+            let sqlStart = skippingName ? min(terminator(from: 0) + 1, raw.count) : 0
+            return body(UnsafeRawBufferPointer(rebasing: raw[sqlStart..<terminator(from: sqlStart)]))
         }
     }
 
