@@ -50,9 +50,7 @@ struct PoolKey: Hashable, Sendable {
 final class UpstreamConnection {
     let channel: Channel
     /// Writes from the channel's loop (every message a borrower relays).
-    private let out: LoopWriter
-    /// Bytes written since the last flush: an empty flush still walks the pipeline.
-    private var unflushed = false
+    var out: LoopWriter
     /// Small messages the proxy writes on this connection (renamed Bind headers) are built here:
     /// once the previous one has been written, its storage is reused, not allocated again.
     var scratch: ByteBuffer
@@ -86,17 +84,6 @@ final class UpstreamConnection {
     /// Strong, and cleared whenever the connection changes hands (release, discard, close): a
     /// weak reference would give every session a side table and slow each retain and release.
     var owner: UpstreamConnectionOwner?
-
-    func write(_ buffer: ByteBuffer) {
-        out.write(buffer)
-        unflushed = true
-    }
-
-    func flush() {
-        guard unflushed else { return }
-        unflushed = false
-        out.flush()
-    }
 
     init(channel: Channel, key: PoolKey, lane: UpstreamPool.Lane? = nil) {
         self.channel = channel

@@ -198,20 +198,8 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private var upstream: Channel? { connection?.channel }
-    /// Writes to the client from its loop (see LoopWriter); `clientUnflushed` spares empty flushes.
-    private let clientOut: LoopWriter
-    private var clientUnflushed = false
-
-    private func writeClient(_ buffer: ByteBuffer) {
-        clientOut.write(buffer)
-        clientUnflushed = true
-    }
-
-    private func flushClient() {
-        guard clientUnflushed else { return }
-        clientUnflushed = false
-        clientOut.flush()
-    }
+    /// Writes to the client from its loop (see LoopWriter).
+    private var clientOut: LoopWriter
     /// Bytes a client may send ahead while it waits for a connection before reading stops.
     static let heldBytesLimit = 64 * 1024
     /// What was last asked of the client channel's autoRead: setOption is not free (a future
@@ -280,12 +268,12 @@ final class ClientSession: UpstreamConnectionOwner {
         if var held = clientPending {
             clientPending = nil
             processClientBytes(&held)
-            connection?.flush()
+            connection?.out.flush()
         }
     }
 
     func clientReadComplete() {
-        connection?.flush()
+        connection?.out.flush()
     }
 
     func clientClosed() {
@@ -353,8 +341,8 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             var answer = client.allocator.buffer(capacity: 1)
             answer.writeInteger(UInt8(ascii: "S"))
-            writeClient(answer)
-            flushClient()
+            clientOut.write(answer)
+            clientOut.flush()
             guard startTLS?() == true else {
                 client.close(promise: nil)
                 phase = .closed
@@ -371,8 +359,8 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             var answer = client.allocator.buffer(capacity: 1)
             answer.writeInteger(UInt8(ascii: "N"))
-            writeClient(answer)
-            flushClient()
+            clientOut.write(answer)
+            clientOut.flush()
 
         case .send(let messages):
             writeToClient(messages, flush: true)
@@ -902,10 +890,10 @@ final class ClientSession: UpstreamConnectionOwner {
             FrontendMessage.query(Query(query: sql)).encode(into: &buffer)
         }
         if flush {
-            connection.write(buffer)
-            connection.flush()
+            connection.out.write(buffer)
+            connection.out.flush()
         } else {
-            connection.write(buffer)
+            connection.out.write(buffer)
         }
     }
 
@@ -1038,7 +1026,7 @@ final class ClientSession: UpstreamConnectionOwner {
         var runStart = buffer.readerIndex
         func emitRun(upTo end: Int) {
             if end > runStart, let slice = original.getSlice(at: runStart, length: end - runStart) {
-                upstream.write(slice)
+                upstream.out.write(slice)
             }
         }
         while !clientPaused, phase == .relaying, connection != nil {
@@ -1056,13 +1044,13 @@ final class ClientSession: UpstreamConnectionOwner {
             case .replace(let buffers):
                 emitRun(upTo: frameStart)
                 runStart = buffer.readerIndex
-                for out in buffers { upstream.write(out) }
+                for out in buffers { upstream.out.write(out) }
             case .rebind(let parse, let header, let rest):
                 emitRun(upTo: frameStart)
                 runStart = buffer.readerIndex
-                if let parse { upstream.write(parse) }
-                upstream.write(header)
-                upstream.write(rest)
+                if let parse { upstream.out.write(parse) }
+                upstream.out.write(header)
+                upstream.out.write(rest)
             case .pauseAfter:
                 clientPaused = true
             case .closed:
@@ -1489,7 +1477,7 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     func upstreamReadComplete() {
-        flushClient()
+        clientOut.flush()
     }
 
     func upstreamClosed() {
@@ -1515,7 +1503,7 @@ final class ClientSession: UpstreamConnectionOwner {
         var runStart = buffer.readerIndex
         func emitRun(upTo end: Int) {
             if end > runStart, let slice = original.getSlice(at: runStart, length: end - runStart) {
-                writeClient(slice)
+                clientOut.write(slice)
             }
         }
         while phase != .closed, connection != nil, let frame = try backendDecoder.next(from: &buffer) {
@@ -1574,7 +1562,7 @@ final class ClientSession: UpstreamConnectionOwner {
         if transactionPooling, phase == .relaying, connection != nil, transactionStatus == .idle, !awaitingReply,
            buffer.readableBytes == 0 {
             // The read-complete event goes to the connection's next owner: flush our part now.
-            flushClient()
+            clientOut.flush()
             giveBack()
             upstreamPending = nil
             if clientPending != nil { resumeClient() }
@@ -1770,10 +1758,10 @@ final class ClientSession: UpstreamConnectionOwner {
             message.encode(into: &buffer)
         }
         if flush {
-            writeClient(buffer)
-            flushClient()
+            clientOut.write(buffer)
+            clientOut.flush()
         } else {
-            writeClient(buffer)
+            clientOut.write(buffer)
         }
     }
 

@@ -4,23 +4,24 @@ import NIOCore
 /// included), without `Channel.write<T>`: that one is a protocol requirement, called unspecialised,
 /// and wrapped every buffer in `NIOAny` through dynamic casts (type metadata and conformance
 /// cache lookups, a lock among them) on each message relayed. Here the buffer's type is known
-/// where it is wrapped.
+/// where it is wrapped. A flush with nothing written since the last one is skipped: it would still
+/// walk the pipeline.
 struct LoopWriter {
-    let pipeline: ChannelPipeline
+    private let pipeline: ChannelPipeline
+    private var unflushed = false
 
     init(_ channel: Channel) {
         self.pipeline = channel.pipeline
     }
 
-    func write(_ buffer: ByteBuffer) {
+    mutating func write(_ buffer: ByteBuffer) {
         pipeline.syncOperations.write(NIOAny(buffer), promise: nil)
+        unflushed = true
     }
 
-    func flush() {
+    mutating func flush() {
+        guard unflushed else { return }
+        unflushed = false
         pipeline.syncOperations.flush()
-    }
-
-    func writeAndFlush(_ buffer: ByteBuffer) {
-        pipeline.syncOperations.writeAndFlush(NIOAny(buffer), promise: nil)
     }
 }
