@@ -1309,15 +1309,13 @@ final class ClientSession: UpstreamConnectionOwner {
         return .replace([statement.parse])
     }
 
-    /// The client's statement under its proxy name, prepared first on this connection if needed.
-    private func ensurePrepared(_ name: String, into out: inout [ByteBuffer]) -> String? {
-        guard let statement = prepared?[name], let connection else { return nil }
-        if !connection.preparedStatements.contains(statement.proxyName) {
-            out.append(statement.parse)
-            parseOrigins.append(true)
-            connection.preparedStatements.insert(statement.proxyName)
-        }
-        return statement.proxyName
+    /// The Parse that prepares the client's statement on this connection, to go before what uses
+    /// it, when the connection does not have it yet (its ParseComplete is the proxy's, not sent on).
+    private func parseIfMissing(_ statement: PreparedStatements.Statement, on connection: UpstreamConnection) -> ByteBuffer? {
+        guard !connection.preparedStatements.contains(statement.proxyName) else { return nil }
+        parseOrigins.append(true)
+        connection.preparedStatements.insert(statement.proxyName)
+        return statement.parse
     }
 
     private func renameBind(_ frame: PGFrame) -> FrameDecision {
@@ -1325,12 +1323,7 @@ final class ClientSession: UpstreamConnectionOwner {
               let (name, rest, portal) = PreparedStatements.statementName(ofBind: frame.payload), !name.isEmpty,
               let statement = prepared?[name], let connection
         else { return .forward }
-        var parse: ByteBuffer?
-        if !connection.preparedStatements.contains(statement.proxyName) {
-            parse = statement.parse
-            parseOrigins.append(true)
-            connection.preparedStatements.insert(statement.proxyName)
-        }
+        let parse = parseIfMissing(statement, on: connection)
         PreparedStatements.writeRenamedBindHeader(into: &connection.scratch, portal: portal, statement: statement.proxyName,
                                                   restLength: rest.readableBytes)
         return .rebind(parse: parse, header: connection.scratch, rest: rest)
@@ -1342,7 +1335,6 @@ final class ClientSession: UpstreamConnectionOwner {
         guard let kind = payload.readInteger(as: UInt8.self), kind == PGTargetKind.statement.rawValue,
               let name = payload.readNullTerminatedString(), !name.isEmpty
         else { return .forward }
-        var out: [ByteBuffer] = []
         if frame.type == FrontendMessageID.close.rawValue {
             guard let statement = prepared?[name] else { return .forward }
             prepared?.remove(name)
@@ -1351,11 +1343,10 @@ final class ClientSession: UpstreamConnectionOwner {
             FrontendMessage.close(Close(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
             return .replace([buffer])
         }
-        guard let proxyName = ensurePrepared(name, into: &out) else { return .forward }
+        guard let statement = prepared?[name], let connection else { return .forward }
         var buffer = client.allocator.buffer(capacity: 32)
-        FrontendMessage.describe(Describe(kind: .statement, name: proxyName)).encode(into: &buffer)
-        out.append(buffer)
-        return .replace(out)
+        FrontendMessage.describe(Describe(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
+        return .replace((parseIfMissing(statement, on: connection).map { [$0] } ?? []) + [buffer])
     }
 
     // MARK: - Guard
