@@ -14,34 +14,9 @@ protocol UpstreamConnectionOwner: AnyObject {
 /// Which pool an upstream connection belongs to: the cluster it lives on, the role it logged in
 /// as and its database.
 struct PoolKey: Hashable, Sendable {
-    var cluster: String { didSet { rehash() } }
+    var cluster: String = "default"
     var user: String
     var database: String
-    /// Hashed once: the pool looks its key up several times per transaction.
-    private var hash = 0
-
-    init(cluster: String = "default", user: String, database: String) {
-        self.cluster = cluster
-        self.user = user
-        self.database = database
-        rehash()
-    }
-
-    private mutating func rehash() {
-        var hasher = Hasher()
-        hasher.combine(cluster)
-        hasher.combine(user)
-        hasher.combine(database)
-        hash = hasher.finalize()
-    }
-
-    func hash(into hasher: inout Hasher) {
-        hasher.combine(hash)
-    }
-
-    static func == (lhs: PoolKey, rhs: PoolKey) -> Bool {
-        lhs.hash == rhs.hash && lhs.cluster == rhs.cluster && lhs.user == rhs.user && lhs.database == rhs.database
-    }
 }
 
 /// One upstream PostgreSQL connection and what the proxy knows about its session state, so a
