@@ -51,6 +51,12 @@ struct PreparedStatements {
         return (name, cursor, portal)
     }
 
+    /// Whether a Parse payload names its statement (the unnamed one has an empty name: the payload
+    /// starts with its terminator). Read without decoding the Parse.
+    static func isNamed(parse payload: ByteBuffer) -> Bool {
+        payload.getInteger(at: payload.readerIndex, as: UInt8.self).map { $0 != 0 } ?? false
+    }
+
     /// The start of a Bind with its statement name replaced (type, length, portal, statement
     /// name), sent before the original's `restLength` bytes of parameters: those are not copied.
     /// Written into `header` (cleared first): a buffer the caller keeps reuses its storage once

@@ -1270,8 +1270,7 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             // Only named statements new to this client qualify: decide that before reading the SQL
             // (an unnamed Parse, as in pgbench -M extended, goes upstream with its Bind).
-            guard frame.type == FrontendMessageID.parse.rawValue,
-                  frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self).map({ $0 != 0 }) == true
+            guard frame.type == FrontendMessageID.parse.rawValue, PreparedStatements.isNamed(parse: frame.payload)
             else { return false }
             var payload = frame.payload
             guard let parse = try? Parse.decode(payload: &payload), prepared?[parse.name] == nil,
@@ -1285,10 +1284,9 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     private func renameParse(_ frame: PGFrame) -> FrameDecision {
-        // The unnamed statement (an empty name: the payload starts with its terminator) lives
-        // and dies within the transaction: forwarded as is, without decoding it.
-        guard transactionPooling, var prepared,
-              frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self) != 0 else {
+        // The unnamed statement lives and dies within the transaction: forwarded as is, without
+        // decoding it.
+        guard transactionPooling, var prepared, PreparedStatements.isNamed(parse: frame.payload) else {
             parseOrigins.append(false)
             return .forward
         }
