@@ -61,8 +61,15 @@ struct ContextInjector: Sendable {
 
     /// Whether `statements` (as built above) set search_path: a byte search, not Foundation's
     /// `contains`, which went through CFString on every tenant switch of a pooled connection.
+    /// (Not the standard library's `firstRange(of:)` either: it instantiates generic metadata on
+    /// every call.)
     static func setsSearchPath(_ statements: String) -> Bool {
-        statements.utf8.firstRange(of: "SET search_path".utf8) != nil
+        let needle = Array("SET search_path".utf8)
+        let bytes = Array(statements.utf8)
+        guard bytes.count >= needle.count else { return false }
+        return (0...(bytes.count - needle.count)).contains { start in
+            bytes[start] == needle[0] && bytes[start..<start + needle.count].elementsEqual(needle)
+        }
     }
 
     /// The statements that clear a context `statements` set (search_path too, for a tenant with
