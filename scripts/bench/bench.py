@@ -18,6 +18,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -191,6 +192,34 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU of a process (all its threads), plus that of its waited-for children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])          # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])     # cutime, cstime
+    return ticks / CLK_TCK
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """The whole cluster: postmaster, every live child, and the children that have exited."""
+    total = cpu_seconds(postmaster, children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 def pg_bin() -> Path:
     if os.environ.get("PG_BIN"):
         return Path(os.environ["PG_BIN"])
@@ -265,6 +294,7 @@ log_min_messages = warning
         run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "postgres.log"),
              "-w", "-t", "120", "start"], postgres=True)
         self.started = True
+        self.postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
         self.procs.cleanups.append(self.stop)
         wait_port(self.port, 60, what="postgres")
 
@@ -534,6 +564,7 @@ class Cell:
     group: tuple = ()
     note: str = ""
     instructions: float | None = None   # BENCH_CALLGRIND: the proxy's per transaction
+    cpu_us: tuple | None = None         # CPU µs per transaction: (pooler, postgres, pgbench)
 
 
 SCRIPT_ARGS = {"select-only": ["-b", "select-only"], "tpcb-like": ["-b", "tpcb-like"]}
@@ -556,8 +587,14 @@ def percentile(sorted_vals: list[int], q: float) -> float:
     return float(sorted_vals[idx])
 
 
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_cell(work: Path, target: Target, script: str, protocol: str, clients: int,
-             connect: bool, rls_script: Path, procs: Procs, callgrind: "TenantProxy | None" = None) -> Cell:
+             connect: bool, rls_script: Path, procs: Procs, callgrind: "TenantProxy | None" = None,
+             pg_postmaster: int | None = None) -> Cell:
     cell = Cell(target.key, script, protocol, clients, connect,
                 label=target.row_label(protocol, script))
     logdir = Path(tempfile.mkdtemp(prefix="log-", dir=work))
@@ -574,6 +611,11 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         log(f"profiling {target.key} into {data}")
     if callgrind:
         run(["callgrind_control", "-z", str(callgrind.pid)], check=False)
+    # CPU time of each party over the cell, from /proc: the pooler's process, the cluster, and
+    # pgbench (its processes are waited for below, so they count as this process's children).
+    cpu_before = (cpu_seconds(target.pid) if target.pid else 0.0,
+                  postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
+                  children_cpu_seconds())
     for i, c in enumerate(per):
         length = ["-t", str(CALLGRIND)] if callgrind else ["-T", str(SECONDS)]
         args = [pgbench, "-n", *length, "-c", str(c),
@@ -619,6 +661,11 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             lat_sum += float(m_lat.group(1)) * n
         if m_fail:
             failed += int(m_fail.group(1))
+    if processed and not callgrind:
+        after = (cpu_seconds(target.pid) if target.pid else 0.0,
+                 postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
+                 children_cpu_seconds())
+        cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(after, cpu_before))
     if profiler:
         profiler.send_signal(signal.SIGINT)
         try:
@@ -742,8 +789,9 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str]) 
         f"Each cell: pgbench -T {SECONDS} (pgbench -i -s {SCALE}); "
         f"{'quick mode; ' if QUICK else ''}TPS summed over the pgbench processes of the cell.",
         "",
-        "| target | script | protocol | clients | TPS | avg latency ms | p99 ms | TPS vs PgBouncer |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| target | script | protocol | clients | TPS | avg latency ms | p99 ms | TPS vs PgBouncer "
+        "| CPU µs per transaction: pooler · postgres · pgbench |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in cells:
         ref = refs.get(c.group)
@@ -751,10 +799,13 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str]) 
         script = c.script + (" -C (new connection per transaction)" if c.connect else "")
         if c.error:
             lines.append(f"| {c.label} | {script} | {c.protocol} | {c.clients} | error: "
-                         f"{c.error.replace('|', '/')} | | | |")
+                         f"{c.error.replace('|', '/')} | | | | |")
         else:
+            cpu = ("—" if not c.cpu_us else
+                   " · ".join("—" if (i == 0 and c.target == "direct") else f"{v:.1f}"
+                              for i, v in enumerate(c.cpu_us)))
             lines.append(f"| {c.label} | {script} | {c.protocol} | {c.clients} | {fmt(c.tps, 0)} | "
-                         f"{fmt(c.avg_ms, 3)} | {fmt(c.p99_ms, 3)} | {ratio} |")
+                         f"{fmt(c.avg_ms, 3)} | {fmt(c.p99_ms, 3)} | {ratio} | {cpu} |")
     counted = [c for c in cells if c.instructions]
     if counted:
         lines += ["", f"tenant-proxy under callgrind (BENCH_CALLGRIND: pgbench -t {CALLGRIND} per client; its "
@@ -948,11 +999,14 @@ def bench(work: Path, procs: Procs) -> int:
             if script == "tpcb-like":
                 reset_tpcb(pg)
             cell = run_cell(work, t, script, proto, clients, connect, rls_script, procs,
-                            callgrind=proxy_t if t.key == "proxy-tx" and proxy_t.under_callgrind else None)
+                            callgrind=proxy_t if t.key == "proxy-tx" and proxy_t.under_callgrind else None,
+                            pg_postmaster=pg.postmaster)
             cell.group = (script, proto, clients, connect)
             cells.append(cell)
             status = (f"error: {cell.error}" if cell.error else
                       f"{cell.tps:,.0f} tps, avg {fmt(cell.avg_ms, 3)} ms, p99 {fmt(cell.p99_ms, 3)} ms")
+            if cell.cpu_us:
+                status += " (CPU µs/txn pooler {:.1f}, postgres {:.1f}, pgbench {:.1f})".format(*cell.cpu_us)
             log(f"[{n}/{total}] {cell.label:28} {script:11} {proto:8} c={clients:<3}"
                 f"{' -C' if connect else '   '} {status}")
 
