@@ -5,7 +5,8 @@ import PackageDescription
 /// relay path they were a fifth of the proxy's instructions per transaction (callgrind), mostly
 /// thread-local bookkeeping around each access to a session's or connection's fields. Debug
 /// builds, which the whole test suite runs, keep every check, so an overlapping access is still
-/// caught there; dependencies are built as they come.
+/// caught there. scripts/build-release.sh (the documented release build) passes the same flag to
+/// every module, SwiftNIO's included.
 let releaseSettings: [SwiftSetting] = [
     .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]

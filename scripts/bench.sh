@@ -61,8 +61,8 @@ export PATH="$PATH:/usr/sbin"
 
 if [ "${BENCH_SKIP_BUILD:-0}" = 0 ]; then
   command -v swift >/dev/null 2>&1 || { echo "bench.sh: swift not found" >&2; exit 1; }
-  echo "==> swift build -c release --scratch-path .build-bench"
-  swift build -c release --scratch-path .build-bench
+  echo "==> scripts/build-release.sh --scratch-path .build-bench"
+  bash scripts/build-release.sh --scratch-path .build-bench
 fi
 if [ "${BENCH_SKIP_BUILD:-0}" = 0 ]; then
   export TENANT_PROXY_BIN="$repo/.build-bench/release/tenant-proxy"

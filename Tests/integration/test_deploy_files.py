@@ -464,8 +464,12 @@ def test_containerfile_builder_builds_the_product(containerfile):
     assert "tenant-proxy" in products
     build = [i["args"] for i in containerfile if i["cmd"] == "RUN" and "swift build" in i["args"]]
     assert build, "a RUN with swift build"
-    assert all(s in build[0] for s in ("-c release", "--static-swift-stdlib",
+    assert all(s in build[0] for s in ("scripts/build-release.sh", "--static-swift-stdlib",
                                        "--product tenant-proxy")), build[0]
+    # The script it runs is copied into the build stage, and builds in release.
+    copied = " ".join(i["args"] for i in containerfile if i["cmd"] == "COPY" and "--from=" not in i["args"])
+    assert "scripts/build-release.sh" in copied
+    assert "swift build -c release" in (REPO / "scripts" / "build-release.sh").read_text()
     # What the runtime stage copies out of the builder is what the builder produced.
     names = stage_names(containerfile)
     copies = [i for i in containerfile if i["cmd"] == "COPY" and "--from=" in i["args"]]
