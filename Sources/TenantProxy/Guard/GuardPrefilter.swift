@@ -16,76 +16,67 @@ enum GuardPrefilter {
         "hold", "deallocate", "temp", "advisory",
     ]
 
-    /// The first letters of `words`, as bits (a = bit 0).
-    private static let firstLetters: UInt32 = {
-        var bits: UInt32 = 0
-        for word in words { bits |= 1 << UInt32(word.utf8.first! - UInt8(ascii: "a")) }
-        return bits
+    /// Everything the scan looks up, in one buffer (one global to load, nothing retained):
+    /// - `classOf` (256 bytes): what each byte value is to the scan: 0 passes (most bytes: one
+    ///   load and a test), `special` sends the text to the guards, anything else is 1 + the
+    ///   letter (a = 0) of a letter that begins one of the words, in either case;
+    /// - `pairs` (26 x 26 bytes): for a first and a second letter, 1 + the number of the first
+    ///   word that begins with them (0: none does);
+    /// - `slots` (`slot` bytes per word): its length, 1 + the number of the next word with the
+    ///   same first two letters (0: none), then its letters.
+    private static let classOf = 0, pairsAt = 256, slotsAt = 256 + 26 * 26, slot = 16
+    private static let special: UInt8 = 0xFF
+    private static let table: [UInt8] = {
+        let letters = words.map { Array($0.utf8) }
+        var table = [UInt8](repeating: 0, count: slotsAt + letters.count * slot)
+        for byte in 0x80...0xFF { table[classOf + byte] = special }
+        for byte in [UInt8(ascii: "\""), UInt8(ascii: "&"), UInt8(ascii: "\\")] { table[classOf + Int(byte)] = special }
+        // Backwards, so each pair's chain lists the words in their order.
+        for (number, word) in letters.enumerated().reversed() {
+            precondition(word.count >= 2 && word.count < slot && number < 254 && word.allSatisfy { $0 >= 0x61 && $0 <= 0x7A },
+                         "GuardPrefilter.words: 2 to \(slot - 1) lower-case letters each, at most 254 words")
+            let first = Int(word[0] - 0x61), second = Int(word[1] - 0x61)
+            table[classOf + 0x61 + first] = UInt8(first + 1)
+            table[classOf + 0x41 + first] = UInt8(first + 1)
+            let at = slotsAt + number * slot
+            table[at] = UInt8(word.count)
+            table[at + 1] = table[pairsAt + first * 26 + second]
+            table.replaceSubrange(at + 2 ..< at + 2 + word.count, with: word)
+            table[pairsAt + first * 26 + second] = UInt8(number + 1)
+        }
+        return table
     }()
 
     /// Whether the guards must look at `sql` (false: both would allow it and report nothing).
     static func mayMatter(_ sql: UnsafeRawBufferPointer) -> Bool {
-        let firstLetters = Self.firstLetters
-        var index = 0
-        while index < sql.count {
-            let byte = sql[index]
-            // `| 0x20` lower-cases ASCII letters and maps no other byte onto one.
-            let letter = (byte | 0x20) &- UInt8(ascii: "a")
-            guard letter < 26, firstLetters & (1 << UInt32(letter)) != 0 else {
-                if byte >= 0x80 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "&") || byte == UInt8(ascii: "\\") {
-                    return true
+        guard let text = sql.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return false }
+        let count = sql.count
+        return table.withUnsafeBufferPointer { table in
+            var index = 0
+            while index < count {
+                let kind = table[classOf &+ Int(text[index])]
+                if kind != 0 {
+                    if kind == special { return true }
+                    // `| 0x20` lower-cases ASCII letters and maps no other byte onto one.
+                    let second = index &+ 1 < count ? (text[index &+ 1] | 0x20) &- 0x61 : 26
+                    if second < 26 {
+                        var number = table[pairsAt &+ Int(kind &- 1) &* 26 &+ Int(second)]
+                        while number != 0 {
+                            let at = slotsAt &+ Int(number &- 1) &* slot
+                            let length = Int(table[at])
+                            if length <= count &- index {
+                                var offset = 2
+                                while offset < length, text[index &+ offset] | 0x20 == table[at &+ 2 &+ offset] { offset &+= 1 }
+                                if offset == length { return true }
+                            }
+                            number = table[at &+ 1]
+                        }
+                    }
                 }
-                index += 1
-                continue
+                index &+= 1
             }
-            // The second letter is compared before a whole word. Keep this switch, `words` and
-            // `firstLetters` in step (a test checks that every word is found).
-            let next = index + 1 < sql.count ? sql[index + 1] | 0x20 : 0
-            switch (byte | 0x20, next) {
-            case (UInt8(ascii: "s"), UInt8(ascii: "e")):
-                if word(sql, index, "set") { return true }
-            case (UInt8(ascii: "d"), UInt8(ascii: "o")):
-                return true
-            case (UInt8(ascii: "d"), UInt8(ascii: "i")):
-                if word(sql, index, "discard") { return true }
-            case (UInt8(ascii: "d"), UInt8(ascii: "e")):
-                if word(sql, index, "declare") || word(sql, index, "deallocate") { return true }
-            case (UInt8(ascii: "a"), UInt8(ascii: "l")):
-                if word(sql, index, "alter") { return true }
-            case (UInt8(ascii: "a"), UInt8(ascii: "d")):
-                if word(sql, index, "advisory") { return true }
-            case (UInt8(ascii: "l"), UInt8(ascii: "o")):
-                if word(sql, index, "load") { return true }
-            case (UInt8(ascii: "l"), UInt8(ascii: "i")):
-                if word(sql, index, "listen") { return true }
-            case (UInt8(ascii: "c"), UInt8(ascii: "o")):
-                if word(sql, index, "copy") { return true }
-            case (UInt8(ascii: "p"), UInt8(ascii: "r")):
-                if word(sql, index, "prepare") { return true }
-            case (UInt8(ascii: "e"), UInt8(ascii: "x")):
-                if word(sql, index, "execute") { return true }
-            case (UInt8(ascii: "h"), UInt8(ascii: "o")):
-                if word(sql, index, "hold") { return true }
-            case (UInt8(ascii: "t"), UInt8(ascii: "e")):
-                if word(sql, index, "temp") { return true }
-            default:
-                break
-            }
-            index += 1
-        }
-        return false
-    }
-
-    /// `word` (lower case) at `index`, in any case.
-    @inline(__always)
-    private static func word(_ sql: UnsafeRawBufferPointer, _ index: Int, _ word: StaticString) -> Bool {
-        let count = word.utf8CodeUnitCount
-        guard index + count <= sql.count else { return false }
-        let letters = word.utf8Start
-        for offset in 1..<count where sql[index + offset] | 0x20 != letters[offset] {
             return false
         }
-        return true
     }
 
     static func mayMatter(_ sql: String) -> Bool {

@@ -696,11 +696,12 @@ final class ClientSession: UpstreamConnectionOwner {
     /// connection is taken at once without allocating anything; otherwise the client waits.
     private func borrow(for purpose: BorrowPurpose) {
         refreshPlacement()
-        guard let pool, let poolKey, let lane else {
+        // The lane's key, not a copy of poolKey (three strings retained and released per borrow).
+        guard let pool, let lane else {
             logger.error("no pool for this event loop")
             return fail(.upstreamUnavailable)
         }
-        if runtime.holdIfPaused(tenant: tenantLease, cluster: poolKey.cluster, session: self) {
+        if runtime.holdIfPaused(tenant: tenantLease, cluster: lane.key.cluster, session: self) {
             pausedPurpose = purpose
             heldByPause = true
             clientPaused = true
