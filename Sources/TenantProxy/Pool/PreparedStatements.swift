@@ -10,6 +10,16 @@ struct PreparedStatements {
         var proxyName: String
         /// The client's Parse with the proxy name, ready to send again.
         var parse: ByteBuffer
+        /// The proxy name and its terminator as they go on the wire (a slice of `parse`), for
+        /// renamed Binds.
+        var nameBytes: ByteBuffer
+
+        init(proxyName: String, parse: ByteBuffer) {
+            self.proxyName = proxyName
+            self.parse = parse
+            // A Parse is its type byte, its length, then the statement name and its terminator.
+            self.nameBytes = parse.getSlice(at: parse.readerIndex + 5, length: proxyName.utf8.count + 1)!
+        }
     }
 
     private let prefix: String
@@ -44,9 +54,11 @@ struct PreparedStatements {
 
     /// Reads the statement name of a Bind, Describe or Close payload without decoding the rest.
     /// Bind: portal\0 statement\0 ...; Describe/Close: kind byte, name\0.
-    static func statementName(ofBind payload: ByteBuffer) -> (name: String, rest: ByteBuffer, portal: String)? {
+    static func statementName(ofBind payload: ByteBuffer) -> (name: String, rest: ByteBuffer, portal: ByteBuffer)? {
+        // The portal as bytes with its terminator: it goes into the renamed Bind as it came.
+        guard let portalEnd = payload.readableBytesView.firstIndex(of: 0) else { return nil }
         var cursor = payload
-        guard let portal = cursor.readNullTerminatedString(),
+        guard let portal = cursor.readSlice(length: portalEnd - payload.readerIndex + 1),
               let name = cursor.readNullTerminatedString() else { return nil }
         return (name, cursor, portal)
     }
@@ -58,15 +70,14 @@ struct PreparedStatements {
     }
 
     /// The start of a Bind with its statement name replaced (type, length, portal, statement
-    /// name), sent before the original's `restLength` bytes of parameters: those are not copied.
-    /// Written into `header` (cleared first): a buffer the caller keeps reuses its storage once
-    /// the previous header has gone out.
-    static func writeRenamedBindHeader(into header: inout ByteBuffer, portal: String, statement: String, restLength: Int) {
+    /// name, each name with its terminator), sent before the original's `restLength` bytes of
+    /// parameters: those are not copied. Written into `header` (cleared first): a buffer the
+    /// caller keeps reuses its storage once the previous header has gone out.
+    static func writeRenamedBindHeader(into header: inout ByteBuffer, portal: ByteBuffer, statement: ByteBuffer, restLength: Int) {
         header.clear()
-        let length = 4 + portal.utf8.count + 1 + statement.utf8.count + 1 + restLength
         header.writeInteger(FrontendMessageID.bind.rawValue)
-        header.writeInteger(Int32(length))
-        header.writeNullTerminatedString(portal)
-        header.writeNullTerminatedString(statement)
+        header.writeInteger(Int32(4 + portal.readableBytes + statement.readableBytes + restLength))
+        header.writeImmutableBuffer(portal)
+        header.writeImmutableBuffer(statement)
     }
 }

@@ -155,6 +155,8 @@ final class UpstreamPool {
     func release(_ connection: UpstreamConnection, tenant: String?) {
         connection.owner = nil
         connection.lastReleased = .now()
+        // Nothing a borrower wrote may wait in the writer for the next one (a no-op normally).
+        connection.out.flush()
         if let tenant { runtime.releaseTenantLease(tenant) }
         if connection.broken {
             discard(connection)

@@ -1323,7 +1323,7 @@ final class ClientSession: UpstreamConnectionOwner {
               let statement = prepared?[name], let connection
         else { return .forward }
         let parse = parseIfMissing(statement, on: connection)
-        PreparedStatements.writeRenamedBindHeader(into: &connection.scratch, portal: portal, statement: statement.proxyName,
+        PreparedStatements.writeRenamedBindHeader(into: &connection.scratch, portal: portal, statement: statement.nameBytes,
                                                   restLength: rest.readableBytes)
         return .rebind(parse: parse, header: connection.scratch, rest: rest)
     }
@@ -1805,7 +1805,9 @@ final class ClientSession: UpstreamConnectionOwner {
                 }
             } else {
                 connection.owner = nil
-                // Tell the server we are leaving so it does not log an unexpected EOF.
+                // What the client sent before leaving goes first (the writer holds small writes
+                // until a flush), then Terminate, so the server does not log an unexpected EOF.
+                connection.out.flush()
                 let channel = connection.channel
                 var terminate = channel.allocator.buffer(capacity: 5)
                 FrontendMessage.terminate.encode(into: &terminate)
