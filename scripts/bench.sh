@@ -63,8 +63,6 @@ if [ "${BENCH_SKIP_BUILD:-0}" = 0 ]; then
   command -v swift >/dev/null 2>&1 || { echo "bench.sh: swift not found" >&2; exit 1; }
   echo "==> scripts/build-release.sh --scratch-path .build-bench"
   bash scripts/build-release.sh --scratch-path .build-bench
-fi
-if [ "${BENCH_SKIP_BUILD:-0}" = 0 ]; then
   export TENANT_PROXY_BIN="$repo/.build-bench/release/tenant-proxy"
 else
   export TENANT_PROXY_BIN="${TENANT_PROXY_BIN:-$repo/.build-bench/release/tenant-proxy}"

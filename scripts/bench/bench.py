@@ -195,11 +195,18 @@ def rss_kib(pid: int) -> int:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int, children: bool = False) -> float:
     """User + system CPU of a process (all its threads), plus that of its waited-for children."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return 0.0
     ticks = int(fields[11]) + int(fields[12])          # utime, stime
     if children:
@@ -210,12 +217,9 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
 def postgres_cpu_seconds(postmaster: int) -> float:
     """The whole cluster: postmaster, every live child, and the children that have exited."""
     total = cpu_seconds(postmaster, children=True)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == postmaster:
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = stat_fields(entry.name)
+        if fields is not None and int(fields[1]) == postmaster:   # ppid
             total += (int(fields[11]) + int(fields[12])) / CLK_TCK
     return total
 
@@ -613,9 +617,11 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         run(["callgrind_control", "-z", str(callgrind.pid)], check=False)
     # CPU time of each party over the cell, from /proc: the pooler's process, the cluster, and
     # pgbench (its processes are waited for below, so they count as this process's children).
-    cpu_before = (cpu_seconds(target.pid) if target.pid else 0.0,
-                  postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
-                  children_cpu_seconds())
+    def cpu_now() -> tuple[float, float, float]:
+        return (cpu_seconds(target.pid) if target.pid else 0.0,
+                postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
+                children_cpu_seconds())
+    cpu_before = cpu_now()
     for i, c in enumerate(per):
         length = ["-t", str(CALLGRIND)] if callgrind else ["-T", str(SECONDS)]
         args = [pgbench, "-n", *length, "-c", str(c),
@@ -662,10 +668,7 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         if m_fail:
             failed += int(m_fail.group(1))
     if processed and not callgrind:
-        after = (cpu_seconds(target.pid) if target.pid else 0.0,
-                 postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
-                 children_cpu_seconds())
-        cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(after, cpu_before))
+        cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(cpu_now(), cpu_before))
     if profiler:
         profiler.send_signal(signal.SIGINT)
         try:
