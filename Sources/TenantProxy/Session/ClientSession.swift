@@ -890,12 +890,8 @@ final class ClientSession: UpstreamConnectionOwner {
         for sql in queries {
             FrontendMessage.query(Query(query: sql)).encode(into: &buffer)
         }
-        if flush {
-            connection.out.write(buffer)
-            connection.out.flush()
-        } else {
-            connection.out.write(buffer)
-        }
+        connection.out.write(buffer)
+        if flush { connection.out.flush() }
     }
 
     /// Consumes one upstream frame that answers an injected query.
@@ -1747,12 +1743,8 @@ final class ClientSession: UpstreamConnectionOwner {
         for message in messages {
             message.encode(into: &buffer)
         }
-        if flush {
-            clientOut.write(buffer)
-            clientOut.flush()
-        } else {
-            clientOut.write(buffer)
-        }
+        clientOut.write(buffer)
+        if flush { clientOut.flush() }
     }
 
     private func failRelayingServerError(_ error: ErrorResponse) {
