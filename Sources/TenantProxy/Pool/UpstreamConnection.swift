@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOSSL
 import PGWire
 
 /// Who receives an upstream connection's bytes: the client session it is lent to, or the pool
@@ -62,7 +63,9 @@ final class UpstreamConnection {
 
     init(channel: Channel, key: PoolKey, lane: UpstreamPool.Lane? = nil) {
         self.channel = channel
-        self.out = LoopWriter(channel)
+        // The connector returns the channel with TLS (if any) in place.
+        let tls = (try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)) != nil
+        self.out = LoopWriter(channel, direct: !tls)
         self.scratch = channel.allocator.buffer(capacity: 64)
         self.key = key
         self.lane = lane

@@ -173,7 +173,8 @@ final class ClientSession: UpstreamConnectionOwner {
 
     init(client: Channel, runtime: ProxyRuntime) {
         self.client = client
-        self.clientOut = LoopWriter(client)
+        // Plaintext until TLS starts (startClientTLS).
+        self.clientOut = LoopWriter(client, direct: true)
         self.desiredSettings = runtime.settingsInterner.intern([:])
         self.runtime = runtime
         let config = runtime.config
@@ -289,9 +290,16 @@ final class ClientSession: UpstreamConnectionOwner {
 
     // MARK: - TLS
 
+    /// Puts TLS in front of the client; from then on writes to it go through the pipeline.
+    private func startClientTLS() -> Bool {
+        guard startTLS?() == true else { return false }
+        clientOut.usePipeline()
+        return true
+    }
+
     /// The first bytes are a TLS ClientHello: start TLS before reading them.
     func beginDirectTLS() -> Bool {
-        guard phase == .startup, !tlsActive, startTLS?() == true else { return false }
+        guard phase == .startup, !tlsActive, startClientTLS() else { return false }
         directTLS = true
         tlsActive = true
         startupMachine = Boxed(ClientStartupMachine(tlsAvailable: false, mockSecret: runtime.mockSecret, insideTLS: true))
@@ -343,7 +351,7 @@ final class ClientSession: UpstreamConnectionOwner {
             answer.writeInteger(UInt8(ascii: "S"))
             clientOut.write(answer)
             clientOut.flush()
-            guard startTLS?() == true else {
+            guard startClientTLS() else {
                 client.close(promise: nil)
                 phase = .closed
                 return

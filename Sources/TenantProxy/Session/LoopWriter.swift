@@ -14,8 +14,16 @@ import NIOCore
 /// A buffer alone since the last flush is passed on as it is, without a copy; big ones (result
 /// rows) always are. Every write to the channel between flushes must go through its writer, or it
 /// would overtake the bytes held here; `flush()` hands everything on in order.
+///
+/// While no handler in the pipeline touches outbound data (a plaintext connection: the proxy's
+/// own handlers are inbound only), writes and flushes go straight to the channel, as NIO's head
+/// handler would pass them, without walking the pipeline: about 800 instructions saved per
+/// write and per flush, twice each per relayed transaction. Once TLS is in the pipeline,
+/// `usePipeline()` sends everything through it.
 struct LoopWriter {
     private let pipeline: ChannelPipeline
+    /// The channel itself, while nothing in its pipeline handles outbound data.
+    private var core: ChannelCore?
     private let allocator: ByteBufferAllocator
     /// The first small buffer since the last hand-over, kept as it is while it stays alone.
     private var held: ByteBuffer?
@@ -27,16 +35,34 @@ struct LoopWriter {
     /// Buffers up to this size are coalesced; bigger ones are written as they are.
     static let coalesceLimit = 2048
 
-    init(_ channel: Channel) {
+    /// `direct`: nothing in the channel's pipeline handles outbound data (no TLS), so writes may
+    /// skip it.
+    init(_ channel: Channel, direct: Bool) {
         self.pipeline = channel.pipeline
         self.allocator = channel.allocator
+        self.core = direct ? channel._channelCore : nil
+    }
+
+    /// An outbound handler (TLS) joins the pipeline: from now on everything goes through it.
+    /// Anything not yet flushed was meant for the plain connection and goes out first.
+    mutating func usePipeline() {
+        flush()
+        core = nil
+    }
+
+    private func pass(_ buffer: ByteBuffer) {
+        if let core {
+            core.write0(NIOAny(buffer), promise: nil)
+        } else {
+            pipeline.syncOperations.write(NIOAny(buffer), promise: nil)
+        }
     }
 
     mutating func write(_ buffer: ByteBuffer) {
         unflushed = true
         guard buffer.readableBytes <= Self.coalesceLimit else {
             handOver()
-            pipeline.syncOperations.write(NIOAny(buffer), promise: nil)
+            pass(buffer)
             return
         }
         if batch != nil {
@@ -56,17 +82,21 @@ struct LoopWriter {
         guard unflushed else { return }
         unflushed = false
         handOver()
-        pipeline.syncOperations.flush()
+        if let core {
+            core.flush0()
+        } else {
+            pipeline.syncOperations.flush()
+        }
     }
 
     /// Passes what is held on to the pipeline (unflushed).
     private mutating func handOver() {
         if let joined = batch {
             batch = nil
-            pipeline.syncOperations.write(NIOAny(joined), promise: nil)
+            pass(joined)
         } else if let first = held {
             held = nil
-            pipeline.syncOperations.write(NIOAny(first), promise: nil)
+            pass(first)
         }
     }
 }
