@@ -21,4 +21,11 @@ public struct PGBackendDecoder: Sendable {
     public mutating func next(from buffer: inout ByteBuffer) throws -> PGFrame? {
         try PGTypedFrameDecoding.next(from: &buffer, maxMessageLength: self.maxMessageLength)
     }
+
+    /// The identifier and whole size (identifier, length field, payload) of the next frame once
+    /// it is complete in `buffer`, without consuming or slicing it: for relays that pass most
+    /// frames on untouched. Nil if more bytes are needed; throws as ``next(from:)`` does.
+    public func peekHeader(in buffer: ByteBuffer) throws -> (type: UInt8, size: Int)? {
+        try PGTypedFrameDecoding.header(of: buffer, maxMessageLength: self.maxMessageLength)
+    }
 }

@@ -42,6 +42,15 @@ enum PGTypedFrameDecoding {
     /// The length field is validated as soon as the 5-byte header is readable, before
     /// waiting for the payload, so a hostile length never causes buffering or allocation.
     static func next(from buffer: inout ByteBuffer, maxMessageLength: Int) throws -> PGFrame? {
+        guard let (type, size) = try header(of: buffer, maxMessageLength: maxMessageLength) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 5)
+        let payload = buffer.readSlice(length: size - 5)!
+        return PGFrame(type: type, payload: payload)
+    }
+
+    /// The identifier and whole size (identifier, length field and payload) of the frame at the
+    /// buffer's reader index once all of it is readable, else nil; the same checks as `next`.
+    static func header(of buffer: ByteBuffer, maxMessageLength: Int) throws -> (type: UInt8, size: Int)? {
         let start = buffer.readerIndex
         guard let type = buffer.getInteger(at: start, as: UInt8.self),
               let length = buffer.getInteger(at: start + 1, as: Int32.self)
@@ -57,8 +66,6 @@ enum PGTypedFrameDecoding {
         guard buffer.readableBytes >= 1 + Int(length) else {
             return nil
         }
-        buffer.moveReaderIndex(forwardBy: 5)
-        let payload = buffer.readSlice(length: Int(length) - 4)!
-        return PGFrame(type: type, payload: payload)
+        return (type, 1 + Int(length))
     }
 }

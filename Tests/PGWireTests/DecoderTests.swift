@@ -213,6 +213,32 @@ final class DecoderTests: XCTestCase {
         XCTAssertEqual(buffer.readableBytes, 0)
     }
 
+    /// peekHeader sees the same frames as next(from:) without consuming them, and says nil until
+    /// a frame is complete.
+    func testPeekHeaderAgreesWithNextAtEverySplit() throws {
+        let (stream, expected) = Self.backendStream()
+        for split in 0...stream.readableBytes {
+            let decoder = PGBackendDecoder()
+            var consuming = PGBackendDecoder()
+            var buffer = stream.getSlice(at: 0, length: split)!
+            var frames = [PGFrame]()
+            while let (type, size) = try decoder.peekHeader(in: buffer) {
+                let before = buffer.readerIndex
+                XCTAssertEqual(try decoder.peekHeader(in: buffer).map { [Int($0.type), $0.size] }, [Int(type), size], "peeking consumes nothing")
+                let frame = try XCTUnwrap(try consuming.next(from: &buffer))
+                XCTAssertEqual(frame.type, type)
+                XCTAssertEqual(buffer.readerIndex - before, size)
+                frames.append(frame)
+            }
+            XCTAssertNil(try consuming.next(from: &buffer), "split at \(split)")
+            XCTAssertEqual(frames, Array(expected.prefix(frames.count)), "split at \(split)")
+        }
+        var bad = ByteBuffer(bytes: [UInt8(ascii: "D"), 0, 0, 0, 3])
+        XCTAssertThrowsPGWireError(.invalidLength, try PGBackendDecoder().peekHeader(in: bad))
+        bad = ByteBuffer(bytes: [UInt8(ascii: "D"), 0x7F, 0, 0, 0])
+        XCTAssertThrowsPGWireError(.messageTooLarge, try PGBackendDecoder(maxMessageLength: 1024).peekHeader(in: bad))
+    }
+
     // MARK: split at every byte (direct API)
 
     /// Feeds `stream` split at `splits` into a fresh decoder; checks nil never consumes bytes.

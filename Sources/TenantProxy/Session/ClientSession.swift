@@ -1500,9 +1500,43 @@ final class ClientSession: UpstreamConnectionOwner {
                 clientOut.write(slice)
             }
         }
-        while phase != .closed, connection != nil, let frame = try backendDecoder.next(from: &buffer) {
-            let frameEnd = buffer.readerIndex
-            let frameStart = frameEnd - frame.payload.readableBytes - 5
+        while phase != .closed, connection != nil, let (type, size) = try backendDecoder.peekHeader(in: buffer) {
+            let frameStart = buffer.readerIndex
+            let frameEnd = frameStart + size
+            if injection == nil, phase == .relaying {
+                // Most replies (rows, completions, ReadyForQuery) need no more than their header:
+                // skipped over without a slice of each (a retain and release per message).
+                switch type {
+                case BackendMessageID.readyForQuery.rawValue:
+                    let status = size > 5 ? buffer.getInteger(at: frameStart + 5, as: UInt8.self) : nil
+                    buffer.moveReaderIndex(to: frameEnd)
+                    switch readyForQuery(status: status) {
+                    case .plain:
+                        break
+                    case .answered(let messages):
+                        // The proxy's own answer goes just before this ReadyForQuery.
+                        emitRun(upTo: frameStart)
+                        runStart = frameStart
+                        writeToClient(messages, flush: false)
+                    case .reapply:
+                        emitRun(upTo: frameEnd)
+                        runStart = frameEnd
+                        reapplyContext()
+                    }
+                    continue
+                case BackendMessageID.errorResponse.rawValue:
+                    tally?.counters.errors += 1
+                    buffer.moveReaderIndex(to: frameEnd)
+                    continue
+                case BackendMessageID.parseComplete.rawValue where !parseOrigins.isEmpty,
+                     BackendMessageID.parameterStatus.rawValue where transactionPooling:
+                    break
+                default:
+                    buffer.moveReaderIndex(to: frameEnd)
+                    continue
+                }
+            }
+            guard let frame = try backendDecoder.next(from: &buffer) else { break }
             if injection != nil {
                 try consumeInjected(frame)
                 runStart = frameEnd
@@ -1530,22 +1564,6 @@ final class ClientSession: UpstreamConnectionOwner {
                         connection?.appliedSettings = desiredSettings
                     }
                 }
-            case BackendMessageID.errorResponse.rawValue:
-                tally?.counters.errors += 1
-            case BackendMessageID.readyForQuery.rawValue:
-                switch readyForQuery(frame) {
-                case .plain:
-                    break
-                case .answered(let messages):
-                    // The proxy's own answer goes just before this ReadyForQuery.
-                    emitRun(upTo: frameStart)
-                    runStart = frameStart
-                    writeToClient(messages, flush: false)
-                case .reapply:
-                    emitRun(upTo: frameEnd)
-                    runStart = frameEnd
-                    reapplyContext()
-                }
             default:
                 continue
             }
@@ -1572,9 +1590,8 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     /// Records a ReadyForQuery's transaction status and returns what the proxy owes the client there.
-    private func readyForQuery(_ frame: PGFrame) -> CycleNote {
-        let status = frame.payload.getInteger(at: frame.payload.readerIndex, as: UInt8.self)
-            .flatMap(TransactionStatus.init(rawValue:)) ?? .idle
+    private func readyForQuery(status byte: UInt8?) -> CycleNote {
+        let status = byte.flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
         parseOrigins.removeAll(keepingCapacity: true)
         let note = cycleNotes.isEmpty ? CycleNote.plain : cycleNotes.removeFirst()
