@@ -278,10 +278,14 @@ final class UpstreamPool {
     /// An idle connection, preferring `context`; idle connections that broke meanwhile (closed by
     /// the server) are dropped on the way, freeing their slots.
     private func takeIdle(_ lane: Lane, context: String) -> UpstreamConnection? {
-        // Tenant affinity: the most recently used connection with this context, else the most
-        // recently used of all (its caches are warm).
+        // Tenant affinity: the most recently used connection with this context, else the least
+        // recently used of all. Taking the most recent one there stole, most often, the only
+        // connection of a tenant about to come back for it, which then stole another's: a chain
+        // of context switches (RESET and SET upstream) on 8% of lends at 20 clients over 10
+        // tenants. A tenant's spare connections drift to the front (its own lends take the most
+        // recent), so the least recent is usually one nobody misses.
         while !lane.idle.isEmpty {
-            let index = lane.idle.lastIndex(where: { $0.context == context }) ?? lane.idle.count - 1
+            let index = lane.idle.lastIndex(where: { $0.context == context }) ?? 0
             let connection = lane.idle.remove(at: index)
             if connection.broken {
                 lane.count -= 1
