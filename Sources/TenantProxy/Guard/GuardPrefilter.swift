@@ -17,65 +17,72 @@ enum GuardPrefilter {
     ]
 
     /// Everything the scan looks up, in one buffer (one global to load, nothing retained):
-    /// - `classOf` (256 bytes): what each byte value is to the scan: 0 passes (most bytes: one
-    ///   load and a test), `special` sends the text to the guards, anything else is 1 + the
-    ///   letter (a = 0) of a letter that begins one of the words, in either case;
-    /// - `pairs` (26 x 26 bytes): for a first and a second letter, 1 + the number of the first
-    ///   word that begins with them (0: none does);
+    /// - `pairs` (256 x 128 bytes), indexed by a byte and the next byte lower-cased
+    ///   (`(next | 0x20) & 0x7F`): `special` in every column of a byte that sends the text to
+    ///   the guards on its own; for a letter followed by a letter, 1 + the number of the first
+    ///   word that begins with the two (0: none does, the usual case: one load and a test per
+    ///   byte, with the next byte's load carried over);
     /// - `slots` (`slot` bytes per word): its length, 1 + the number of the next word with the
     ///   same first two letters (0: none), then its letters.
-    private static let classOf = 0, pairsAt = 256, slotsAt = 256 + 26 * 26, slot = 16
+    private static let pairsAt = 0, slotsAt = 256 * 128, slot = 16
     private static let special: UInt8 = 0xFF
     private static let table: [UInt8] = {
         let letters = words.map { Array($0.utf8) }
         var table = [UInt8](repeating: 0, count: slotsAt + letters.count * slot)
-        for byte in 0x80...0xFF { table[classOf + byte] = special }
-        for byte in [UInt8(ascii: "\""), UInt8(ascii: "&"), UInt8(ascii: "\\")] { table[classOf + Int(byte)] = special }
+        let specials = Array(0x80...0xFF) + [Int(UInt8(ascii: "\"")), Int(UInt8(ascii: "&")), Int(UInt8(ascii: "\\"))]
+        for byte in specials {
+            for next in 0..<128 { table[pairsAt + byte << 7 + next] = special }
+        }
         // Backwards, so each pair's chain lists the words in their order.
         for (number, word) in letters.enumerated().reversed() {
             precondition(word.count >= 2 && word.count < slot && number < 254 && word.allSatisfy { $0 >= 0x61 && $0 <= 0x7A },
                          "GuardPrefilter.words: 2 to \(slot - 1) lower-case letters each, at most 254 words")
-            let first = Int(word[0] - 0x61), second = Int(word[1] - 0x61)
-            table[classOf + 0x61 + first] = UInt8(first + 1)
-            table[classOf + 0x41 + first] = UInt8(first + 1)
+            let lower = pairsAt + Int(word[0]) << 7 + Int(word[1]), upper = lower - 0x20 << 7
             let at = slotsAt + number * slot
             table[at] = UInt8(word.count)
-            table[at + 1] = table[pairsAt + first * 26 + second]
+            table[at + 1] = table[lower]
             table.replaceSubrange(at + 2 ..< at + 2 + word.count, with: word)
-            table[pairsAt + first * 26 + second] = UInt8(number + 1)
+            table[lower] = UInt8(number + 1)
+            table[upper] = UInt8(number + 1)
         }
         return table
     }()
 
     /// Whether the guards must look at `sql` (false: both would allow it and report nothing).
     static func mayMatter(_ sql: UnsafeRawBufferPointer) -> Bool {
-        guard let text = sql.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return false }
+        guard let text = sql.baseAddress?.assumingMemoryBound(to: UInt8.self), sql.count > 0 else { return false }
         let count = sql.count
         return table.withUnsafeBufferPointer { table in
-            var index = 0
-            while index < count {
-                let kind = table[classOf &+ Int(text[index])]
-                if kind != 0 {
-                    if kind == special { return true }
-                    // `| 0x20` lower-cases ASCII letters and maps no other byte onto one.
-                    let second = index &+ 1 < count ? (text[index &+ 1] | 0x20) &- 0x61 : 26
-                    if second < 26 {
-                        var number = table[pairsAt &+ Int(kind &- 1) &* 26 &+ Int(second)]
-                        while number != 0 {
-                            let at = slotsAt &+ Int(number &- 1) &* slot
-                            let length = Int(table[at])
-                            if length <= count &- index {
-                                var offset = 2
-                                while offset < length, text[index &+ offset] | 0x20 == table[at &+ 2 &+ offset] { offset &+= 1 }
-                                if offset == length { return true }
-                            }
-                            number = table[at &+ 1]
-                        }
+            let table = table.baseAddress!
+            /// A non-zero pair entry at `index`: a special byte, or a word to compare from its third letter.
+            func found(_ entry: UInt8, at index: Int) -> Bool {
+                if entry == special { return true }
+                var number = entry
+                while number != 0 {
+                    let at = slotsAt &+ Int(number &- 1) &* slot
+                    let length = Int(table[at])
+                    if length <= count &- index {
+                        var offset = 2
+                        // `| 0x20` lower-cases ASCII letters and maps no other byte onto one.
+                        while offset < length, text[index &+ offset] | 0x20 == table[at &+ 2 &+ offset] { offset &+= 1 }
+                        if offset == length { return true }
                     }
+                    number = table[at &+ 1]
                 }
+                return false
+            }
+            var byte = text[0]
+            var index = 0
+            let last = count &- 1
+            while index < last {
+                let next = text[index &+ 1]
+                let entry = table[pairsAt &+ Int(byte) &<< 7 &+ Int((next | 0x20) & 0x7F)]
+                if entry != 0, found(entry, at: index) { return true }
+                byte = next
                 index &+= 1
             }
-            return false
+            // The last byte has no next letter: only a special one counts.
+            return table[pairsAt &+ Int(byte) &<< 7] == special
         }
     }
 

@@ -76,6 +76,34 @@ final class GuardPrefilterTests: XCTestCase {
         XCTAssertGreaterThan(skipped, 100, "the random texts should exercise the skipping path")
     }
 
+    /// The table-driven scan says exactly what its definition says: a byte it cannot judge
+    /// (non-ASCII, `"`, `&`, `\`) anywhere, or one of the words anywhere in any case. Random
+    /// bytes biased towards the words' letters, at every length from one byte.
+    func testTheScanMatchesItsDefinitionOnRandomBytes() {
+        let alphabet = Array("setdoalrcpyhixnkmvgATSEDOLRCPYHIXNKMVG _;'\"&\\é0\n".utf8)
+        let words = GuardPrefilter.words.map { Array($0.utf8) }
+        func reference(_ bytes: [UInt8]) -> Bool {
+            if bytes.contains(where: { $0 >= 0x80 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: "\\") }) {
+                return true
+            }
+            let lower = bytes.map { $0 >= 0x41 && $0 <= 0x5A ? $0 | 0x20 : $0 }
+            return words.contains { word in
+                lower.count >= word.count && (0...(lower.count - word.count)).contains { Array(lower[$0 ..< $0 + word.count]) == word }
+            }
+        }
+        var generator = SystemRandomNumberGenerator()
+        var found = 0
+        for _ in 0..<50_000 {
+            let bytes = (0..<Int.random(in: 1...14, using: &generator)).map { _ in alphabet.randomElement(using: &generator)! }
+            let expected = reference(bytes)
+            let actual = bytes.withUnsafeBytes { GuardPrefilter.mayMatter($0) }
+            XCTAssertEqual(actual, expected, String(decoding: bytes, as: UTF8.self))
+            if expected { found += 1 }
+        }
+        XCTAssertGreaterThan(found, 1000)
+        XCTAssertLessThan(found, 49_000)
+    }
+
     private static func isUnterminated(_ refusal: String) -> Bool {
         refusal == "unterminated quoted string, quoted identifier or comment"
     }
