@@ -20,6 +20,23 @@ struct PoolKey: Hashable, Sendable {
     var database: String
 }
 
+/// A tenant context as the pool compares it: the statements and their hash, so that looking
+/// for an idle connection with a borrower's context tests integers, not strings of a hundred
+/// bytes that differ only past their common `SET nile.tenant_id = '` prefix.
+struct ContextKey: Equatable {
+    let statements: String
+    let hash: Int
+
+    init(_ statements: String) {
+        self.statements = statements
+        self.hash = statements.hashValue
+    }
+
+    static func == (a: ContextKey, b: ContextKey) -> Bool {
+        a.hash == b.hash && a.statements == b.statements
+    }
+}
+
 /// One upstream PostgreSQL connection and what the proxy knows about its session state, so a
 /// borrower gets exactly the state it expects (tenant context, tracked parameters, prepared
 /// statements) and nothing another borrower left.
@@ -37,7 +54,10 @@ final class UpstreamConnection {
     /// Parameter values as the server last reported them (ParameterStatus).
     var parameters: [String: String] = [:]
     /// The tenant context the connection carries ("" = none), as `ContextInjector` keys it.
-    var context = ""
+    var context = "" {
+        didSet { contextKey = ContextKey(context) }
+    }
+    private(set) var contextKey = ContextKey("")
     /// Settings the proxy (or a borrower, for tracked parameters) placed on the connection,
     /// lower-case names: diffed against the next borrower's wishes.
     var applied: [String: String] = [:]

@@ -15,7 +15,7 @@ final class UpstreamPool {
 
     fileprivate struct Waiter {
         var id: Int
-        var context: String
+        var context: ContextKey
         var tenant: String?
         var completion: Completion
         var since: NIODeadline = .now()
@@ -114,7 +114,7 @@ final class UpstreamPool {
     /// loop, at once or when one frees up, or with 53300 after `max_client_wait_seconds`.
     /// Returns an id that `cancelWait` takes when the client leaves first.
     @discardableResult
-    func acquire(_ lane: Lane, context: String, tenant: String?, completion: @escaping Completion) -> Int {
+    func acquire(_ lane: Lane, context: ContextKey, tenant: String?, completion: @escaping Completion) -> Int {
         eventLoop.preconditionInEventLoop()
         nextWaiterID += 1
         let waiter = Waiter(id: nextWaiterID, context: context, tenant: tenant, completion: completion)
@@ -130,7 +130,7 @@ final class UpstreamPool {
 
     /// An idle connection of `lane` right now (none waiting before this client, the tenant's
     /// lease granted), or nil: then `acquire` queues the client.
-    func lendNow(_ lane: Lane, context: String, tenant: String?) -> UpstreamConnection? {
+    func lendNow(_ lane: Lane, context: ContextKey, tenant: String?) -> UpstreamConnection? {
         guard !lane.idle.isEmpty, lane.waiters.isEmpty else { return nil }
         if let tenant, !runtime.takeTenantLease(tenant, pool: self) { return nil }
         guard let connection = takeIdle(lane, context: context) else {
@@ -231,11 +231,11 @@ final class UpstreamPool {
     /// one wants none of theirs and has not been overtaken too often.
     private func affinityCandidate(_ lane: Lane) -> CircularBuffer<Waiter>.Index? {
         guard !lane.idle.isEmpty, lane.waiters.count > 1, let head = lane.waiters.first,
-              head.overtaken < Self.maxOvertaken, !lane.idle.contains(where: { $0.context == head.context }) else { return nil }
+              head.overtaken < Self.maxOvertaken, !lane.idle.contains(where: { $0.contextKey == head.context }) else { return nil }
         for offset in 1..<min(lane.waiters.count, Self.affinityWindow) {
             let index = lane.waiters.index(lane.waiters.startIndex, offsetBy: offset)
             let wanted = lane.waiters[index].context
-            if lane.idle.contains(where: { $0.context == wanted }) { return index }
+            if lane.idle.contains(where: { $0.contextKey == wanted }) { return index }
         }
         return nil
     }
@@ -277,7 +277,7 @@ final class UpstreamPool {
 
     /// An idle connection, preferring `context`; idle connections that broke meanwhile (closed by
     /// the server) are dropped on the way, freeing their slots.
-    private func takeIdle(_ lane: Lane, context: String) -> UpstreamConnection? {
+    private func takeIdle(_ lane: Lane, context: ContextKey) -> UpstreamConnection? {
         // Tenant affinity: the most recently used connection with this context, else the least
         // recently used of all. Taking the most recent one there stole, most often, the only
         // connection of a tenant about to come back for it, which then stole another's: a chain
@@ -285,7 +285,7 @@ final class UpstreamPool {
         // tenants. A tenant's spare connections drift to the front (its own lends take the most
         // recent), so the least recent is usually one nobody misses.
         while !lane.idle.isEmpty {
-            let index = lane.idle.lastIndex(where: { $0.context == context }) ?? 0
+            let index = lane.idle.lastIndex(where: { $0.contextKey == context }) ?? 0
             let connection = lane.idle.remove(at: index)
             if connection.broken {
                 lane.count -= 1

@@ -101,6 +101,7 @@ final class ClientSession: UpstreamConnectionOwner {
             // struct copies (and retains) all of it every time.
             wantedContext = binding.flatMap { runtime.injector.statements(tenant: $0.tenant, userID: $0.userID) }
                 .map(runtime.contextInterner.intern)
+            wantedContextKey = ContextKey(wantedContext ?? "")
             tenantLease = binding?.tenant?.id
             cluster = binding?.tenant?.upstream ?? "default"
             isSwitchUser = binding?.mode == .switch
@@ -109,6 +110,8 @@ final class ClientSession: UpstreamConnectionOwner {
     /// The context statements this client needs on its connection (nil: none), built once per
     /// change of the binding, not per transaction.
     private var wantedContext: String?
+    /// `wantedContext` (or none) as the pool compares it.
+    private var wantedContextKey = ContextKey("")
     private var statementGuard: StatementGuard?
     private var transactionGuard = TransactionModeGuard()
     private var seenMapGeneration = 0
@@ -717,7 +720,7 @@ final class ClientSession: UpstreamConnectionOwner {
             return
         }
         clientPaused = true
-        let context = wantedContext ?? ""
+        let context = wantedContextKey
         if let idle = pool.lendNow(lane, context: context, tenant: tenantLease) {
             return attach(idle, for: purpose)
         }
@@ -824,7 +827,7 @@ final class ClientSession: UpstreamConnectionOwner {
     private func preludeQueries(for connection: UpstreamConnection) -> [String] {
         var queries: [String] = []
         let wanted = wantedContext ?? ""
-        if connection.context != wanted {
+        if connection.contextKey != wantedContextKey {
             if !connection.context.isEmpty {
                 queries.append(runtime.injector.resetStatements(searchPath: ContextInjector.setsSearchPath(connection.context)))
             }

@@ -22,8 +22,11 @@ import NIOCore
 /// `usePipeline()` sends everything through it.
 struct LoopWriter {
     private let pipeline: ChannelPipeline
-    /// The channel itself, while nothing in its pipeline handles outbound data.
-    private var core: ChannelCore?
+    /// The channel itself; written to directly while `direct` (nothing in its pipeline handles
+    /// outbound data). Not optional: unwrapping an optional existential copied it (a retain and
+    /// release, about 250 instructions) on every write.
+    private let core: ChannelCore
+    private var direct: Bool
     private let allocator: ByteBufferAllocator
     /// The first small buffer since the last hand-over, kept as it is while it stays alone.
     private var held: ByteBuffer?
@@ -40,18 +43,19 @@ struct LoopWriter {
     init(_ channel: Channel, direct: Bool) {
         self.pipeline = channel.pipeline
         self.allocator = channel.allocator
-        self.core = direct ? channel._channelCore : nil
+        self.core = channel._channelCore
+        self.direct = direct
     }
 
     /// An outbound handler (TLS) joins the pipeline: from now on everything goes through it.
     /// Anything not yet flushed was meant for the plain connection and goes out first.
     mutating func usePipeline() {
         flush()
-        core = nil
+        direct = false
     }
 
     private func pass(_ buffer: ByteBuffer) {
-        if let core {
+        if direct {
             core.write0(NIOAny(buffer), promise: nil)
         } else {
             pipeline.syncOperations.write(NIOAny(buffer), promise: nil)
@@ -82,7 +86,7 @@ struct LoopWriter {
         guard unflushed else { return }
         unflushed = false
         handOver()
-        if let core {
+        if direct {
             core.flush0()
         } else {
             pipeline.syncOperations.flush()

@@ -45,8 +45,8 @@ final class UpstreamPoolTests: XCTestCase {
         let olderB = returned("tenant b")
         returned("tenant c")
         let newerB = returned("tenant b")
-        XCTAssertTrue(pool.lendNow(lane, context: "tenant b", tenant: nil) === newerB)
-        XCTAssertTrue(pool.lendNow(lane, context: "tenant b", tenant: nil) === olderB)
+        XCTAssertTrue(pool.lendNow(lane, context: ContextKey("tenant b"), tenant: nil) === newerB)
+        XCTAssertTrue(pool.lendNow(lane, context: ContextKey("tenant b"), tenant: nil) === olderB)
     }
 
     /// Without a connection of its own context, a lend takes the one idle longest: the most
@@ -55,16 +55,16 @@ final class UpstreamPoolTests: XCTestCase {
         let oldest = returned("tenant a")
         returned("tenant b")
         let newest = returned("tenant c")
-        XCTAssertTrue(pool.lendNow(lane, context: "tenant d", tenant: nil) === oldest)
+        XCTAssertTrue(pool.lendNow(lane, context: ContextKey("tenant d"), tenant: nil) === oldest)
         // Tenant c comes back and still finds its own connection.
-        XCTAssertTrue(pool.lendNow(lane, context: "tenant c", tenant: nil) === newest)
+        XCTAssertTrue(pool.lendNow(lane, context: ContextKey("tenant c"), tenant: nil) === newest)
     }
 
     func testBrokenIdleConnectionsAreNeverLent() throws {
         let broken = returned("tenant a")
         let healthy = returned("tenant b")
         broken.broken = true
-        XCTAssertTrue(pool.lendNow(lane, context: "tenant a", tenant: nil) === healthy)
-        XCTAssertNil(pool.lendNow(lane, context: "tenant a", tenant: nil))
+        XCTAssertTrue(pool.lendNow(lane, context: ContextKey("tenant a"), tenant: nil) === healthy)
+        XCTAssertNil(pool.lendNow(lane, context: ContextKey("tenant a"), tenant: nil))
     }
 }
