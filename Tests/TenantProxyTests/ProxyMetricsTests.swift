@@ -207,6 +207,14 @@ final class ProxyMetricsTests: XCTestCase {
         XCTAssertEqual(series[#"tenant_proxy_guard_refusals_total{tenant="_global",kind="set_role"}"#], "1")
     }
 
+    func testContextSwitchesAreCountedFromZero() {
+        let metrics = ProxyMetrics(maxTenantLabels: 1)
+        XCTAssertEqual(Series(metrics.render())["tenant_proxy_context_switches_total"], "0")
+        metrics.contextSwitch()
+        metrics.contextSwitch()
+        XCTAssertEqual(Series(metrics.render())["tenant_proxy_context_switches_total"], "2")
+    }
+
     func testPoolWaitHistogramBuckets() {
         let metrics = ProxyMetrics(maxTenantLabels: 1)
         metrics.poolWait(seconds: 0.0001)  // On the first bound: le is inclusive.
@@ -245,6 +253,7 @@ final class ProxyMetricsTests: XCTestCase {
             "# TYPE tenant_proxy_auth_failures_total counter",
             "# TYPE tenant_proxy_guard_refusals_total counter",
             "# TYPE tenant_proxy_pool_wait_seconds histogram",
+            "# TYPE tenant_proxy_context_switches_total counter",
             "# TYPE tenant_proxy_transactions_total counter",
             "# TYPE tenant_proxy_queries_total counter",
             "# TYPE tenant_proxy_errors_total counter",

@@ -516,6 +516,20 @@ def test_metrics_after_a_known_workload(oproxy):
         assert sample(later, "tenant_proxy_transactions_total", tenant=ACME) == 6
 
 
+def test_context_switches_are_counted(oproxy):
+    # One loop and one connection: each change of tenant on it is a switch, a repeat is not.
+    port = h.free_port()
+    p = oproxy(size=1, metrics={"listen_port": port}, server={"event_loop_threads": 1})
+    with ts.connect(p, "alice") as alice, ts.connect(p, "bob") as bob:
+        assert sample(series(scrape(port)[1]), "tenant_proxy_context_switches_total") == 0
+        alice.execute("SELECT 1")
+        bob.execute("SELECT 1")
+        alice.execute("SELECT 1")
+        alice.execute("SELECT 1")
+        assert sample(series(scrape(port)[1]), "tenant_proxy_context_switches_total") == 2
+        assert alice.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ACME
+
+
 def test_readyz_fails_while_draining(oproxy):
     port = h.free_port()
     p = oproxy(metrics={"listen_port": port}, server={"shutdown_timeout_seconds": 60})

@@ -30,6 +30,7 @@ final class ProxyMetrics: Sendable {
     private let scrape = NIOLockedValueBox(ScrapeState())
     private let poolWaitHistogram: DurationHistogram
     private let waitingClientsGauge: Gauge
+    private let contextSwitchCounter: Counter
 
     /// What `update(from:)` must remember between scrapes.
     private struct ScrapeState {
@@ -52,6 +53,7 @@ final class ProxyMetrics: Sendable {
             buckets: Self.poolWaitBuckets
         )
         self.waitingClientsGauge = registry.makeGauge(descriptor: Family.waitingClients.descriptor)
+        self.contextSwitchCounter = registry.makeCounter(descriptor: Family.contextSwitches.descriptor)
         // Series a dashboard expects from the first scrape on, at 0.
         let initial = ScrapeState()
         for state in initial.clientStates {
@@ -90,6 +92,12 @@ final class ProxyMetrics: Sendable {
             descriptor: Family.guardRefusals.descriptor,
             labels: [("tenant", tenantLabel(tenant)), ("kind", kind)]
         ).increment()
+    }
+
+    /// A pooled connection was lent with another tenant's context, cleared and replaced first
+    /// (two more statements upstream): how well tenant affinity works for this workload.
+    func contextSwitch() {
+        contextSwitchCounter.increment()
     }
 
     /// How long a client waited for an upstream connection. Negative or non-finite values count
@@ -158,7 +166,7 @@ final class ProxyMetrics: Sendable {
     /// Every series family, with its name and help text in one place: the registry refuses (traps
     /// on) a second registration of a name with a different help text.
     private enum Family {
-        case authFailures, guardRefusals, poolWait
+        case authFailures, guardRefusals, poolWait, contextSwitches
         case transactions, queries, errors, bytesReceived, bytesSent, poolWaitTotal
         case clients, upstreamConnections, waitingClients, tenantClients
 
@@ -170,6 +178,9 @@ final class ProxyMetrics: Sendable {
                 return Self.make("guard_refusals", "total", "Statements refused by a guard, by tenant and kind.")
             case .poolWait:
                 return Self.make("pool_wait", "seconds", "Time clients waited for an upstream connection.")
+            case .contextSwitches:
+                return Self.make("context_switches", "total",
+                                 "Upstream connections lent with another tenant's context, reset and set again first.")
             case .transactions:
                 return Self.make("transactions", "total", "Transactions completed, by tenant.")
             case .queries:

@@ -829,6 +829,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let wanted = wantedContext ?? ""
         if connection.contextKey != wantedContextKey {
             if !connection.context.isEmpty {
+                runtime.metrics.contextSwitch()
                 queries.append(runtime.injector.resetStatements(searchPath: ContextInjector.setsSearchPath(connection.context)))
             }
             if !wanted.isEmpty { queries.append(wanted) }
