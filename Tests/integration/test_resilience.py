@@ -251,7 +251,9 @@ def test_sigterm_drains_open_session_then_exits_0(make_proxy, db):
         assert conn.execute("SELECT 1").fetchone() == (1,)
         os.kill(p.pid, signal.SIGTERM)
         h.wait_until(lambda: refuses_new_clients(p, db), 20, "proxy to stop accepting clients")
-        assert p.alive(), "the proxy waits for the open session (shutdown_timeout is 60 s)"
+        # Idle between statements, the session may be ended at once (57P01), and the proxy then
+        # exits 0 at once: it is alive, or gone with 0 (well before shutdown_timeout).
+        assert p.alive() or p.proc.poll() == 0, p.stderr()
         # an idle session may be served or told the proxy is going away (57P01), nothing else
         try:
             assert conn.execute("SELECT 'draining'").fetchone() == ("draining",)

@@ -435,6 +435,8 @@ class TenantProxy:
         self.name = name
         self.mode = mode
         self.port = free_port()
+        # /metrics: tenant_proxy_context_switches_total, read before and after each cell.
+        self.metrics_port = free_port()
         self.procs, self.pg = procs, pg
         self.map_text = map_text
         self.max_clients = max_clients
@@ -476,6 +478,10 @@ user = {toml_str(PROXY_ROLE)}
 password = {toml_str(PROXY_PW)}
 database = ""
 {pool}
+[metrics]
+listen_host = "127.0.0.1"
+listen_port = {self.metrics_port}
+
 [log]
 level = "warning"
 """
@@ -547,6 +553,7 @@ class Target:
     options: Callable[[int, str], str | None] = lambda i, s: None   # PGOPTIONS
     label_for: Callable[[str, str], str] | None = None              # (protocol, script) -> label
     pid: int | None = None                                           # for BENCH_PROFILE
+    metrics_port: int | None = None                                  # tenant-proxy's /metrics
 
     def row_label(self, protocol: str, script: str) -> str:
         return self.label_for(protocol, script) if self.label_for else self.label
@@ -569,6 +576,7 @@ class Cell:
     note: str = ""
     instructions: float | None = None   # BENCH_CALLGRIND: the proxy's per transaction
     cpu_us: tuple | None = None         # CPU µs per transaction: (pooler, postgres, pgbench)
+    switches_pct: float | None = None   # tenant-proxy: context switches per 100 transactions
 
 
 SCRIPT_ARGS = {"select-only": ["-b", "select-only"], "tpcb-like": ["-b", "tpcb-like"]}
@@ -589,6 +597,18 @@ def percentile(sorted_vals: list[int], q: float) -> float:
         return float("nan")
     idx = min(len(sorted_vals) - 1, max(0, math.ceil(q * len(sorted_vals)) - 1))   # nearest rank
     return float(sorted_vals[idx])
+
+
+def context_switches(metrics_port: int) -> float | None:
+    """tenant_proxy_context_switches_total from the proxy's /metrics (None if unreadable)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    m = re.search(r"^tenant_proxy_context_switches_total (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
 
 
 def children_cpu_seconds() -> float:
@@ -622,6 +642,7 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                 postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
                 children_cpu_seconds())
     cpu_before = cpu_now()
+    switches_before = context_switches(target.metrics_port) if target.metrics_port else None
     for i, c in enumerate(per):
         length = ["-t", str(CALLGRIND)] if callgrind else ["-T", str(SECONDS)]
         args = [pgbench, "-n", *length, "-c", str(c),
@@ -669,6 +690,10 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             failed += int(m_fail.group(1))
     if processed and not callgrind:
         cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(cpu_now(), cpu_before))
+    if processed and switches_before is not None:
+        switches_after = context_switches(target.metrics_port)
+        if switches_after is not None:
+            cell.switches_pct = (switches_after - switches_before) * 100 / processed
     if profiler:
         profiler.send_signal(signal.SIGINT)
         try:
@@ -818,6 +843,15 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str]) 
         for c in counted:
             script = c.script + (" -C" if c.connect else "")
             lines.append(f"| {script} | {c.protocol} | {c.clients} | {c.instructions:,.0f} |")
+    switched = [c for c in cells if c.switches_pct is not None and not c.error]
+    if switched:
+        lines += ["", "tenant-proxy transaction mode, tenant context switches (tenant_proxy_context_switches_total): "
+                  "transactions whose pooled connection carried another tenant's context, reset and set "
+                  "again first (two more statements upstream).", "",
+                  "| script | protocol | clients | switches per 100 transactions |", "|---|---|---:|---:|"]
+        for c in switched:
+            script = c.script + (" -C" if c.connect else "")
+            lines.append(f"| {script} | {c.protocol} | {c.clients} | {c.switches_pct:.2f} |")
     if memory:
         lines += ["", "Idle memory per client connection (authenticated, idle, VmRSS of the process "
                   "before and after opening them):", "",
@@ -922,7 +956,7 @@ def bench(work: Path, procs: Procs) -> int:
     if tx_ok:
         targets.append(Target("proxy-tx", "tenant-proxy (transaction)", proxy_t.port,
                               lambda i: bench_users[i % TENANTS], BENCH_USER_PW,
-                              lambda i, proto, s: DB, pid=proxy_t.pid))
+                              lambda i, proto, s: DB, pid=proxy_t.pid, metrics_port=proxy_t.metrics_port))
     if TARGET_FILTER:
         targets = [t for t in targets if t.key in TARGET_FILTER or t.key == "pgbouncer"]
 

@@ -6,7 +6,7 @@ import PGWire
 
 /// The upstream connections of one EventLoop (transaction pooling). Each loop has its own pool so a
 /// client and the connection lent to it share a thread and no lock is taken per transaction; the
-/// configured size is split between the loops.
+/// configured size counts the connections of all loops (PoolBudget).
 ///
 /// Lending prefers an idle connection that already carries the borrower's tenant context
 /// (tenant affinity). Broken connections are closed and replaced, never lent.
@@ -29,8 +29,14 @@ final class UpstreamPool {
     final class Lane {
         let key: PoolKey
         fileprivate var idle: [UpstreamConnection] = []
-        /// Open plus connecting.
-        fileprivate var count = 0
+        /// Open plus connecting, on this loop. Each one less goes back to the budget.
+        fileprivate var count = 0 {
+            didSet {
+                if count < oldValue { pool.budget.give(key, for: pool, count: oldValue - count) }
+            }
+        }
+        /// Unowned: pools live as long as the process.
+        private unowned let pool: UpstreamPool
         /// Clients waiting for a connection, first come first served: a release serves the queue
         /// from the front and stops at the first that cannot go.
         fileprivate var waiters = CircularBuffer<Waiter>(initialCapacity: 0)
@@ -38,8 +44,9 @@ final class UpstreamPool {
         /// connection is lent to them.
         fileprivate(set) var serverParameters: [ParameterStatus]?
 
-        fileprivate init(key: PoolKey) {
+        fileprivate init(key: PoolKey, pool: UpstreamPool) {
             self.key = key
+            self.pool = pool
         }
     }
 
@@ -59,8 +66,7 @@ final class UpstreamPool {
 
     let eventLoop: EventLoop
     private let runtime: ProxyRuntime
-    private let loops: Int
-    private var sizePerLoop: Int
+    fileprivate let budget: PoolBudget
     private var maxClientWaitSeconds: Int
     /// Lanes live as long as the pool (one per key ever used on this loop: a handful).
     private var lanes: [PoolKey: Lane] = [:]
@@ -68,12 +74,11 @@ final class UpstreamPool {
     private var logins: [ObjectIdentifier: PoolLogin] = [:]
     private var servingWaiters = false
 
-    init(eventLoop: EventLoop, runtime: ProxyRuntime, loops: Int) {
+    init(eventLoop: EventLoop, runtime: ProxyRuntime) {
         self.eventLoop = eventLoop
         self.runtime = runtime
-        self.loops = loops
+        self.budget = runtime.poolBudget
         let config = runtime.config.pool
-        self.sizePerLoop = max(1, (config.size + loops - 1) / loops)
         self.maxClientWaitSeconds = config.maxClientWaitSeconds
         let idleTimeout = Int64(config.idleTimeoutSeconds)
         eventLoop.scheduleRepeatedTask(initialDelay: .seconds(min(idleTimeout, 10)), delay: .seconds(min(idleTimeout, 10))) {
@@ -91,7 +96,7 @@ final class UpstreamPool {
     func lane(_ key: PoolKey) -> Lane {
         eventLoop.preconditionInEventLoop()
         if let lane = lanes[key] { return lane }
-        let lane = Lane(key: key)
+        let lane = Lane(key: key, pool: self)
         lanes[key] = lane
         return lane
     }
@@ -99,11 +104,11 @@ final class UpstreamPool {
     /// A reloaded [pool] section: new size and wait limit (connections over a smaller size close
     /// as they come back idle).
     func configure(_ config: ProxyConfig.Pool) {
-        sizePerLoop = max(1, (config.size + loops - 1) / loops)
+        budget.resize(config.size)
         maxClientWaitSeconds = config.maxClientWaitSeconds
-        for lane in lanes.values where lane.count > sizePerLoop {
-            let surplus = min(lane.idle.count, lane.count - sizePerLoop)
-            for connection in lane.idle.suffix(surplus) { discard(connection) }
+        for lane in lanes.values {
+            let surplus = min(lane.idle.count, budget.surplus(lane.key))
+            for connection in lane.idle.prefix(surplus) { discard(connection) }
         }
         serveWaiters()
     }
@@ -168,8 +173,29 @@ final class UpstreamPool {
             connection.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
         guard let lane = connection.lane else { return connection.channel.close(promise: nil) }
+        if budget.isWanted(lane.key, from: self) {
+            // This loop is over its share and another, below its own, waits for room.
+            return retire(connection, from: lane)
+        }
         lane.idle.append(connection)
         if !lane.waiters.isEmpty { serveWaiters(lane) }
+    }
+
+    /// A loop below its share found no room for `key`: close the longest idle connection of it
+    /// here while this loop is over its own share.
+    func shed(_ key: PoolKey) {
+        guard let lane = lanes[key], !lane.idle.isEmpty, budget.isWanted(key, from: self) else { return }
+        retire(lane.idle.removeFirst(), from: lane)
+    }
+
+    /// Ends a healthy connection that is not in the idle list (Terminate, then close); its slot
+    /// goes back to the budget.
+    private func retire(_ connection: UpstreamConnection, from lane: Lane) {
+        lane.count -= 1
+        connection.broken = true
+        var terminate = connection.channel.allocator.buffer(capacity: 5)
+        FrontendMessage.terminate.encode(into: &terminate)
+        connection.channel.writeAndFlush(terminate).whenComplete { _ in connection.channel.close(promise: nil) }
     }
 
     /// Closes a connection that must not be lent again.
@@ -255,13 +281,25 @@ final class UpstreamPool {
     /// caller takes the waiter out of the queue, then runs the result.
     private func serve(_ waiter: Waiter, in lane: Lane) -> Service {
         let available = !lane.idle.isEmpty
-        let canOpen = lane.count < sizePerLoop
-        guard available || canOpen else { return .noConnection }
-        if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) { return .tenantBlocked }
+        // Without an idle connection, room for a new one under the size of all loops together
+        // (if there is none, the budget calls back when there is).
+        var reserved = false
+        if !available {
+            guard budget.take(lane.key, for: self) else { return .noConnection }
+            reserved = true
+        }
+        if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) {
+            if reserved { budget.give(lane.key, for: self) }
+            return .tenantBlocked
+        }
         if available, let connection = takeIdle(lane, context: waiter.context) {
             return .lend { waiter.completion(.success(connection)) }
         }
-        // No idle connection (or every idle one had broken, each freeing its slot): open one.
+        // Every idle connection had broken (each freeing its slot): open one.
+        if !reserved, !budget.take(lane.key, for: self) {
+            if let tenant = waiter.tenant { runtime.releaseTenantLease(tenant) }
+            return .noConnection
+        }
         lane.count += 1
         return .lend { [self] in
             open(lane) { [self] result in

@@ -59,6 +59,8 @@ final class ProxyRuntime: @unchecked Sendable {
     /// Traffic totals per event loop, by tenant; filled with the pools.
     private(set) var loopStats: [ObjectIdentifier: LoopStats] = [:]
     private(set) var loops: [EventLoop] = []
+    /// [pool] size across all loops' pools.
+    let poolBudget: PoolBudget
     /// Set by the server: what the admin console's SHUTDOWN and SIGTERM run.
     var shutdownHandler: (() -> Void)?
     let startedAt = Date()
@@ -70,6 +72,7 @@ final class ProxyRuntime: @unchecked Sendable {
         self.logger = logger
         self.registry = SessionRegistry(maxSessions: config.server.maxClientConnections, instanceID: config.server.instanceID)
         self.metrics = ProxyMetrics(maxTenantLabels: config.metrics.maxTenantLabels)
+        self.poolBudget = PoolBudget(size: config.pool.size)
         self.throttle = LoginThrottle(limit: config.auth.lockoutFailures, windowSeconds: config.auth.lockoutWindowSeconds,
                                       lockoutSeconds: config.auth.lockoutSeconds)
         self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)
@@ -126,9 +129,10 @@ final class ProxyRuntime: @unchecked Sendable {
         let loops = Array(group.makeIterator())
         self.loops = loops
         for loop in loops {
-            pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop, runtime: self, loops: loops.count)
+            pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop, runtime: self)
             loopStats[ObjectIdentifier(loop)] = LoopStats()
         }
+        poolBudget.attach(Array(pools.values))
     }
 
     func pool(for loop: EventLoop) -> UpstreamPool? {

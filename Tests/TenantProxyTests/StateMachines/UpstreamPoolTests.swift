@@ -16,7 +16,7 @@ final class UpstreamPoolTests: XCTestCase {
     override func setUp() {
         loop = EmbeddedEventLoop()
         runtime = ProxyRuntime(config: ProxyConfig(), map: TenantMap(), logger: ProxyLogging.makeLogger(level: "critical"))
-        pool = UpstreamPool(eventLoop: loop, runtime: runtime, loops: 1)
+        pool = UpstreamPool(eventLoop: loop, runtime: runtime)
         lane = pool.lane(PoolKey(user: "proxy", database: "app"))
     }
 
