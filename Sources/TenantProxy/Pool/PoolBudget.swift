@@ -6,12 +6,14 @@ import NIOConcurrencyHelpers
 ///
 /// Each event loop has its own pool, so a client and its lent connection share a thread. With
 /// the size split evenly between the loops instead, a loop that was handed more clients than
-/// its half kept lending its few connections from tenant to tenant (a RESET and a SET upstream
-/// each time: 16% of transactions at 20 clients over 10 tenants) while part of the other
-/// loop's half was never opened. Now a loop opens connections while all loops together are
-/// under the size. Each loop keeps a fair share (size / loops) whatever the others do: when one
-/// below its share finds no room, the loops above theirs close an idle connection of that key
-/// (`shed`) and retire their next freed ones instead of keeping them, until it has its share.
+/// its half (11 of 20 clients: accepted connections go round the loops, and not every one is a
+/// pgbench client) kept lending its 10 connections from tenant to tenant (a RESET and a SET
+/// upstream each time: 9 to 16% of transactions at 20 clients over 10 tenants) while the other
+/// loop had one to spare. Now a loop opens connections while all loops together are under the
+/// size. When the size is reached, a loop with fewer connections than clients waits for room,
+/// and a loop holding more than it keeps gives some back: its longest idle connection of that
+/// key closes (`shed`) and its next freed ones retire instead of going idle. A loop keeps its
+/// fair share (size / loops), or as many as it has clients if that is fewer.
 ///
 /// Taken only when a connection opens or closes, never per transaction; the per-return question
 /// "does another loop need room?" is one relaxed atomic load while none does.
@@ -21,7 +23,10 @@ final class PoolBudget: @unchecked Sendable {
     private var loops = 1
     /// Open connections by key, then by pool.
     private var open: [PoolKey: [ObjectIdentifier: Int]] = [:]
-    /// Pools below their share that found no room, by key (told when a connection closes).
+    /// Transaction-mode client sessions by pool: the most connections a loop can use at once.
+    private var clients: [ObjectIdentifier: Int] = [:]
+    /// Pools with fewer connections than clients that found no room, by key (told when a
+    /// connection closes).
     private var blocked: [PoolKey: [ObjectIdentifier: UpstreamPool]] = [:]
     private let anyBlocked = ManagedAtomic<Bool>(false)
     private var pools: [UpstreamPool] = []
@@ -43,12 +48,23 @@ final class PoolBudget: @unchecked Sendable {
         lock.withLock { self.size = max(1, size) }
     }
 
-    /// What each loop keeps whatever the others do.
-    private var share: Int { max(1, size / loops) }
+    /// A transaction-mode client session started on `pool`'s loop.
+    func clientArrived(_ pool: UpstreamPool) {
+        lock.withLock { clients[ObjectIdentifier(pool), default: 0] += 1 }
+    }
+
+    func clientLeft(_ pool: UpstreamPool) {
+        lock.withLock { clients[ObjectIdentifier(pool), default: 1] -= 1 }
+    }
+
+    /// What a loop keeps of a key when others wait: its fair share, or its clients if fewer.
+    private func keeps(_ id: ObjectIdentifier) -> Int {
+        min(max(1, size / loops), max(1, clients[id, default: 0]))
+    }
 
     /// Counts one more connection of `key` on `pool` if all loops together are under the size.
-    /// Otherwise, if `pool` is below its share, records it as waiting for room and asks the
-    /// loops above theirs to free some.
+    /// Otherwise, if `pool` has fewer connections than clients, records it as waiting for room
+    /// and asks the loops holding more than they keep to free some.
     func take(_ key: PoolKey, for pool: UpstreamPool) -> Bool {
         let id = ObjectIdentifier(pool)
         let (taken, over): (Bool, [UpstreamPool]) = lock.withLock {
@@ -57,10 +73,10 @@ final class PoolBudget: @unchecked Sendable {
                 open[key, default: [:]][id, default: 0] += 1
                 return (true, [])
             }
-            guard counts[id, default: 0] < share, blocked[key]?[id] == nil else { return (false, []) }
+            guard counts[id, default: 0] < clients[id, default: 0], blocked[key]?[id] == nil else { return (false, []) }
             blocked[key, default: [:]][id] = pool
             anyBlocked.store(true, ordering: .relaxed)
-            return (false, pools.filter { counts[ObjectIdentifier($0), default: 0] > share })
+            return (false, pools.filter { counts[ObjectIdentifier($0), default: 0] > keeps(ObjectIdentifier($0)) })
         }
         for other in over {
             other.eventLoop.execute { other.shed(key) }
@@ -84,13 +100,14 @@ final class PoolBudget: @unchecked Sendable {
         }
     }
 
-    /// Whether `pool` is above its share of `key` while a loop below its own waits for room: a
+    /// Whether `pool` holds more of `key` than it keeps while another loop waits for room: a
     /// connection `pool` frees then closes instead of going idle.
     func isWanted(_ key: PoolKey, from pool: UpstreamPool) -> Bool {
         guard anyBlocked.load(ordering: .relaxed) else { return false }
+        let id = ObjectIdentifier(pool)
         return lock.withLock {
-            guard let waiting = blocked[key], !waiting.isEmpty else { return false }
-            return open[key]?[ObjectIdentifier(pool), default: 0] ?? 0 > share
+            guard let waiting = blocked[key], waiting.keys.contains(where: { $0 != id }) else { return false }
+            return open[key]?[id, default: 0] ?? 0 > keeps(id)
         }
     }
 

@@ -684,6 +684,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let key = PoolKey(cluster: cluster, user: role.user, database: binding.upstreamDatabase)
         poolKey = key
         pool = runtime.pool(for: client.eventLoop)
+        if let pool { runtime.poolBudget.clientArrived(pool) }
         lane = pool?.lane(key)
         if pendingLookup == nil, pendingMembership == nil, let parameters = lane?.serverParameters {
             startupParameters = parameters
@@ -1801,6 +1802,7 @@ final class ClientSession: UpstreamConnectionOwner {
             runtime.removeTenantClient(tenantCounted)
             self.tenantCounted = nil
         }
+        if let pool { runtime.poolBudget.clientLeft(pool) }
         tokenTimer?.cancel()
         if let waiterID {
             pool?.cancelWait(waiterID)

@@ -4,8 +4,9 @@ import XCTest
 
 @testable import TenantProxy
 
-/// [pool] size across the loops' pools: a loop may use what the others leave, and always gets
-/// its share back (size / loops).
+/// [pool] size across the loops' pools: a loop may use what the others leave; when the size is
+/// reached, a loop with fewer connections than clients gets room from one holding more than it
+/// keeps (its share, size / loops, or its clients if fewer).
 final class PoolBudgetTests: XCTestCase {
     private var runtime: ProxyRuntime!
     private var loops: [EmbeddedEventLoop] = []
@@ -39,7 +40,12 @@ final class PoolBudgetTests: XCTestCase {
         XCTAssertFalse(budget.isWanted(key, from: a))
     }
 
+    private func clients(_ pool: UpstreamPool, _ count: Int) {
+        for _ in 0..<count { budget.clientArrived(pool) }
+    }
+
     func testALoopBelowItsShareGetsRoomFromOneAboveIt() {
+        clients(b, 2)
         for _ in 0..<4 { XCTAssertTrue(budget.take(key, for: a)) }
         XCTAssertFalse(budget.take(key, for: b))
         XCTAssertTrue(budget.isWanted(key, from: a), "a is over its share of 2 while b waits")
@@ -51,10 +57,31 @@ final class PoolBudgetTests: XCTestCase {
     }
 
     func testALoopAtItsShareWaitsForItsOwnConnections() {
+        clients(a, 2)
+        clients(b, 3)
         for _ in 0..<2 { XCTAssertTrue(budget.take(key, for: a)) }
         for _ in 0..<2 { XCTAssertTrue(budget.take(key, for: b)) }
         XCTAssertFalse(budget.take(key, for: b))
         XCTAssertFalse(budget.isWanted(key, from: a), "b has its share: a keeps its connections")
+    }
+
+    /// 11 and 9 clients on a size of 20: the loop with 9 gives its tenth connection to the other.
+    func testALoopWithMoreConnectionsThanClientsGivesTheRestToOneWithFewer() {
+        clients(a, 3)
+        clients(b, 1)
+        for _ in 0..<2 { XCTAssertTrue(budget.take(key, for: a)) }
+        for _ in 0..<2 { XCTAssertTrue(budget.take(key, for: b)) }
+        XCTAssertFalse(budget.isWanted(key, from: b), "nobody waits yet")
+        XCTAssertFalse(budget.take(key, for: a))
+        XCTAssertTrue(budget.isWanted(key, from: b), "b keeps one connection for its one client")
+        XCTAssertFalse(budget.isWanted(key, from: a))
+        budget.give(key, for: b)
+        XCTAssertTrue(budget.take(key, for: a))
+        // A loop with as many connections as clients does not wait for more.
+        XCTAssertFalse(budget.take(key, for: a))
+        XCTAssertFalse(budget.isWanted(key, from: b))
+        budget.clientLeft(a)
+        XCTAssertEqual(budget.count(key), 4)
     }
 
     func testKeysAndResizeAreSeparate() {
