@@ -15,8 +15,10 @@ import NIOConcurrencyHelpers
 /// key closes (`shed`) and its next freed ones retire instead of going idle. A loop keeps its
 /// fair share (size / loops), or as many as it has clients if that is fewer.
 ///
-/// Taken only when a connection opens or closes, never per transaction; the per-return question
-/// "does another loop need room?" is one relaxed atomic load while none does.
+/// Its lock is taken when a connection opens or closes and when a loop first finds no room, not
+/// per transaction: a loop waiting for room is told when there is some (`roomFreed`), and the
+/// per-return question "must this loop give a connection back?" is its pool's `mustShed` flag,
+/// an atomic kept up to date here.
 final class PoolBudget: @unchecked Sendable {
     private let lock = NIOLock()
     private var size: Int
@@ -28,8 +30,13 @@ final class PoolBudget: @unchecked Sendable {
     /// Pools with fewer connections than clients that found no room, by key (told when a
     /// connection closes).
     private var blocked: [PoolKey: [ObjectIdentifier: UpstreamPool]] = [:]
-    private let anyBlocked = ManagedAtomic<Bool>(false)
     private var pools: [UpstreamPool] = []
+
+    enum Take {
+        case taken
+        /// No room. `waiting`: the pool is recorded and will be told (`roomFreed`) when there is.
+        case full(waiting: Bool)
+    }
 
     init(size: Int) {
         self.size = max(1, size)
@@ -45,16 +52,43 @@ final class PoolBudget: @unchecked Sendable {
 
     /// A reloaded `[pool] size`; connections over it close as they come back idle.
     func resize(_ size: Int) {
-        lock.withLock { self.size = max(1, size) }
+        let waiting: [(PoolKey, UpstreamPool)] = lock.withLock {
+            self.size = max(1, size)
+            let waiting = blocked.flatMap { key, pools in pools.values.map { (key, $0) } }
+            blocked.removeAll()
+            updateShedding()
+            return waiting
+        }
+        for (key, pool) in waiting {
+            pool.eventLoop.execute { pool.roomFreed(key) }
+        }
     }
 
     /// A transaction-mode client session started on `pool`'s loop.
     func clientArrived(_ pool: UpstreamPool) {
-        lock.withLock { clients[ObjectIdentifier(pool), default: 0] += 1 }
+        lock.withLock {
+            clients[ObjectIdentifier(pool), default: 0] += 1
+            updateShedding()
+        }
     }
 
     func clientLeft(_ pool: UpstreamPool) {
-        lock.withLock { clients[ObjectIdentifier(pool), default: 1] -= 1 }
+        lock.withLock {
+            clients[ObjectIdentifier(pool), default: 1] -= 1
+            updateShedding()
+        }
+    }
+
+    /// Sets each pool's `mustShed`: it holds more of a key than it keeps while another loop
+    /// waits for room for that key. Under the lock, after every change that can move it.
+    private func updateShedding() {
+        for pool in pools {
+            let id = ObjectIdentifier(pool)
+            let must = blocked.contains { key, waiting in
+                waiting.keys.contains { $0 != id } && open[key]?[id, default: 0] ?? 0 > keeps(id)
+            }
+            if pool.mustShed.load(ordering: .relaxed) != must { pool.mustShed.store(must, ordering: .relaxed) }
+        }
     }
 
     /// What a loop keeps of a key when others wait: its fair share, or its clients if fewer.
@@ -65,23 +99,24 @@ final class PoolBudget: @unchecked Sendable {
     /// Counts one more connection of `key` on `pool` if all loops together are under the size.
     /// Otherwise, if `pool` has fewer connections than clients, records it as waiting for room
     /// and asks the loops holding more than they keep to free some.
-    func take(_ key: PoolKey, for pool: UpstreamPool) -> Bool {
+    func take(_ key: PoolKey, for pool: UpstreamPool) -> Take {
         let id = ObjectIdentifier(pool)
-        let (taken, over): (Bool, [UpstreamPool]) = lock.withLock {
+        let (result, over): (Take, [UpstreamPool]) = lock.withLock {
             let counts = open[key] ?? [:]
             if counts.values.reduce(0, +) < size {
                 open[key, default: [:]][id, default: 0] += 1
-                return (true, [])
+                return (.taken, [])
             }
-            guard counts[id, default: 0] < clients[id, default: 0], blocked[key]?[id] == nil else { return (false, []) }
+            if blocked[key]?[id] != nil { return (.full(waiting: true), []) }
+            guard counts[id, default: 0] < clients[id, default: 0] else { return (.full(waiting: false), []) }
             blocked[key, default: [:]][id] = pool
-            anyBlocked.store(true, ordering: .relaxed)
-            return (false, pools.filter { counts[ObjectIdentifier($0), default: 0] > keeps(ObjectIdentifier($0)) })
+            updateShedding()
+            return (.full(waiting: true), pools.filter { $0.mustShed.load(ordering: .relaxed) })
         }
         for other in over {
             other.eventLoop.execute { other.shed(key) }
         }
-        return taken
+        return result
     }
 
     /// Connections of `key` on `pool` closed (or failed to open): room for loops that wait.
@@ -91,19 +126,19 @@ final class PoolBudget: @unchecked Sendable {
             open[key, default: [:]][id, default: count] -= count
             if open[key]![id]! <= 0 { open[key]!.removeValue(forKey: id) }
             if open[key]!.isEmpty { open.removeValue(forKey: key) }
-            guard let pools = blocked.removeValue(forKey: key) else { return [] }
-            if blocked.isEmpty { anyBlocked.store(false, ordering: .relaxed) }
-            return Array(pools.values)
+            let waiting = blocked.removeValue(forKey: key).map { Array($0.values) } ?? []
+            updateShedding()
+            return waiting
         }
         for pool in waiting {
-            pool.eventLoop.execute { pool.serveWaiters() }
+            pool.eventLoop.execute { pool.roomFreed(key) }
         }
     }
 
     /// Whether `pool` holds more of `key` than it keeps while another loop waits for room: a
     /// connection `pool` frees then closes instead of going idle.
     func isWanted(_ key: PoolKey, from pool: UpstreamPool) -> Bool {
-        guard anyBlocked.load(ordering: .relaxed) else { return false }
+        guard pool.mustShed.load(ordering: .relaxed) else { return false }
         let id = ObjectIdentifier(pool)
         return lock.withLock {
             guard let waiting = blocked[key], waiting.keys.contains(where: { $0 != id }) else { return false }

@@ -1,3 +1,4 @@
+import Atomics
 import Foundation
 import Logging
 import NIOCore
@@ -37,6 +38,8 @@ final class UpstreamPool {
         }
         /// Unowned: pools live as long as the process.
         private unowned let pool: UpstreamPool
+        /// No room under the size: the budget says when there is (no lock per waiter meanwhile).
+        fileprivate var awaitingRoom = false
         /// Clients waiting for a connection, first come first served: a release serves the queue
         /// from the front and stops at the first that cannot go.
         fileprivate var waiters = CircularBuffer<Waiter>(initialCapacity: 0)
@@ -67,6 +70,8 @@ final class UpstreamPool {
     let eventLoop: EventLoop
     private let runtime: ProxyRuntime
     fileprivate let budget: PoolBudget
+    /// Set by the budget: this loop holds more connections than it keeps while another waits.
+    let mustShed = ManagedAtomic<Bool>(false)
     private var maxClientWaitSeconds: Int
     /// Lanes live as long as the pool (one per key ever used on this loop: a handful).
     private var lanes: [PoolKey: Lane] = [:]
@@ -181,8 +186,25 @@ final class UpstreamPool {
         if !lane.waiters.isEmpty { serveWaiters(lane) }
     }
 
-    /// A loop below its share found no room for `key`: close the longest idle connection of it
-    /// here while this loop is over its own share.
+    /// Room for one more connection of `lane` under the size (false: none now).
+    private func reserve(in lane: Lane) -> Bool {
+        switch budget.take(lane.key, for: self) {
+        case .taken:
+            return true
+        case .full(let waiting):
+            lane.awaitingRoom = waiting
+            return false
+        }
+    }
+
+    /// A connection of `key` closed somewhere: this loop may open one again.
+    func roomFreed(_ key: PoolKey) {
+        lanes[key]?.awaitingRoom = false
+        serveWaiters()
+    }
+
+    /// A loop with fewer connections than clients found no room for `key`: close the longest idle
+    /// connection of it here while this loop holds more than it keeps.
     func shed(_ key: PoolKey) {
         guard let lane = lanes[key], !lane.idle.isEmpty, budget.isWanted(key, from: self) else { return }
         retire(lane.idle.removeFirst(), from: lane)
@@ -285,7 +307,7 @@ final class UpstreamPool {
         // (if there is none, the budget calls back when there is).
         var reserved = false
         if !available {
-            guard budget.take(lane.key, for: self) else { return .noConnection }
+            guard !lane.awaitingRoom, reserve(in: lane) else { return .noConnection }
             reserved = true
         }
         if let tenant = waiter.tenant, !runtime.takeTenantLease(tenant, pool: self) {
@@ -296,7 +318,7 @@ final class UpstreamPool {
             return .lend { waiter.completion(.success(connection)) }
         }
         // Every idle connection had broken (each freeing its slot): open one.
-        if !reserved, !budget.take(lane.key, for: self) {
+        if !reserved, !reserve(in: lane) {
             if let tenant = waiter.tenant { runtime.releaseTenantLease(tenant) }
             return .noConnection
         }
