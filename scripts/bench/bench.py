@@ -834,24 +834,24 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str]) 
                               for i, v in enumerate(c.cpu_us)))
             lines.append(f"| {c.label} | {script} | {c.protocol} | {c.clients} | {fmt(c.tps, 0)} | "
                          f"{fmt(c.avg_ms, 3)} | {fmt(c.p99_ms, 3)} | {ratio} | {cpu} |")
-    counted = [c for c in cells if c.instructions]
-    if counted:
-        lines += ["", f"tenant-proxy under callgrind (BENCH_CALLGRIND: pgbench -t {CALLGRIND} per client; its "
-                  "TPS above is valgrind's, not the proxy's): user-space instructions per transaction, "
-                  "log-ins of the cell's clients included.", "",
-                  "| script | protocol | clients | instructions per transaction |", "|---|---|---:|---:|"]
-        for c in counted:
+    def per_cell(caption: str, column: str, value: Callable[[Cell], float | None], digits: str):
+        """A small table of one figure per cell (for the cells that have it)."""
+        rows = [c for c in cells if value(c) is not None and not c.error]
+        if not rows:
+            return
+        lines.extend(["", caption, "", f"| script | protocol | clients | {column} |", "|---|---|---:|---:|"])
+        for c in rows:
             script = c.script + (" -C" if c.connect else "")
-            lines.append(f"| {script} | {c.protocol} | {c.clients} | {c.instructions:,.0f} |")
-    switched = [c for c in cells if c.switches_pct is not None and not c.error]
-    if switched:
-        lines += ["", "tenant-proxy transaction mode, tenant context switches (tenant_proxy_context_switches_total): "
-                  "transactions whose pooled connection carried another tenant's context, reset and set "
-                  "again first (two more statements upstream).", "",
-                  "| script | protocol | clients | switches per 100 transactions |", "|---|---|---:|---:|"]
-        for c in switched:
-            script = c.script + (" -C" if c.connect else "")
-            lines.append(f"| {script} | {c.protocol} | {c.clients} | {c.switches_pct:.2f} |")
+            lines.append(f"| {script} | {c.protocol} | {c.clients} | {value(c):{digits}} |")
+
+    per_cell(f"tenant-proxy under callgrind (BENCH_CALLGRIND: pgbench -t {CALLGRIND} per client; its "
+             "TPS above is valgrind's, not the proxy's): user-space instructions per transaction, "
+             "log-ins of the cell's clients included.",
+             "instructions per transaction", lambda c: c.instructions, ",.0f")
+    per_cell("tenant-proxy transaction mode, tenant context switches (tenant_proxy_context_switches_total): "
+             "transactions whose pooled connection carried another tenant's context, reset and set "
+             "again first (two more statements upstream).",
+             "switches per 100 transactions", lambda c: c.switches_pct, ".2f")
     if memory:
         lines += ["", "Idle memory per client connection (authenticated, idle, VmRSS of the process "
                   "before and after opening them):", "",
