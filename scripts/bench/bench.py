@@ -633,6 +633,9 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                    if PERF_STAT else ["perf", "record", "-F", "999", "-g", "-p", str(target.pid), "-o", str(data)])
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log(f"profiling {target.key} into {data}")
+    # Read before callgrind's counters are zeroed and after they are dumped: a scrape is not the
+    # cell's work.
+    switches_before = context_switches(target.metrics_port) if target.metrics_port else None
     if callgrind:
         run(["callgrind_control", "-z", str(callgrind.pid)], check=False)
     # CPU time of each party over the cell, from /proc: the pooler's process, the cluster, and
@@ -642,7 +645,6 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                 postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
                 children_cpu_seconds())
     cpu_before = cpu_now()
-    switches_before = context_switches(target.metrics_port) if target.metrics_port else None
     for i, c in enumerate(per):
         length = ["-t", str(CALLGRIND)] if callgrind else ["-T", str(SECONDS)]
         args = [pgbench, "-n", *length, "-c", str(c),
@@ -690,10 +692,6 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             failed += int(m_fail.group(1))
     if processed and not callgrind:
         cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(cpu_now(), cpu_before))
-    if processed and switches_before is not None:
-        switches_after = context_switches(target.metrics_port)
-        if switches_after is not None:
-            cell.switches_pct = (switches_after - switches_before) * 100 / processed
     if profiler:
         profiler.send_signal(signal.SIGINT)
         try:
@@ -712,6 +710,10 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         if total:
             cell.instructions = total / processed
             log(f"callgrind {target.key}: {cell.instructions:,.0f} instructions per transaction")
+    if processed and switches_before is not None:
+        switches_after = context_switches(target.metrics_port)
+        if switches_after is not None:
+            cell.switches_pct = (switches_after - switches_before) * 100 / processed
     if errors:
         cell.error = errors[0].strip()[:160]
     elif failed:
