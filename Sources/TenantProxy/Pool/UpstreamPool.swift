@@ -179,7 +179,7 @@ final class UpstreamPool {
         }
         guard let lane = connection.lane else { return connection.channel.close(promise: nil) }
         if budget.isWanted(lane.key, from: self) {
-            // This loop is over its share and another, below its own, waits for room.
+            // This loop holds more connections than it keeps, and another loop waits for room.
             return retire(connection, from: lane)
         }
         lane.idle.append(connection)
