@@ -338,8 +338,8 @@ final class ProxyInstance {
         if !FileManager.default.fileExists(atPath: mapURL.path) {
             try tenantMap.write(to: mapURL, atomically: true, encoding: .utf8)
         }
-        // event_loop_threads = 1: the pool size is split between the event loops, so one loop
-        // makes `size` the exact number of upstream connections.
+        // event_loop_threads = 1: every client and upstream connection on one loop, so which
+        // connection a client gets does not depend on how clients spread over the loops.
         let config = """
             [server]
             listen_host = "\(host)"
