@@ -6,10 +6,10 @@ import NIOConcurrencyHelpers
 ///
 /// Each event loop has its own pool, so a client and its lent connection share a thread. With
 /// the size split evenly between the loops instead, a loop that was handed more clients than
-/// its half (11 of 20 clients: accepted connections go round the loops, and not every one is a
-/// pgbench client) kept lending its 10 connections from tenant to tenant (a RESET and a SET
-/// upstream each time: 9 to 16% of transactions at 20 clients over 10 tenants) while the other
-/// loop had one to spare. Now a loop opens connections while all loops together are under the
+/// its half (13 or 12 of 20 pgbench clients in the benchmark: accepted connections go round the
+/// loops, and not every one is a pgbench client) kept lending its 10 connections from tenant to
+/// tenant (a RESET and a SET upstream each time: 9 to 30% of transactions at 20 clients over 10
+/// tenants) while the other loop had some to spare. Now a loop opens connections while all loops together are under the
 /// size. When the size is reached, a loop with fewer connections than clients waits for room,
 /// and a loop holding more than it keeps gives some back: its longest idle connection of that
 /// key closes (`shed`) and its next freed ones retire instead of going idle. A loop keeps its
@@ -84,11 +84,21 @@ final class PoolBudget: @unchecked Sendable {
     private func updateShedding() {
         for pool in pools {
             let id = ObjectIdentifier(pool)
-            let must = blocked.contains { key, waiting in
-                waiting.keys.contains { $0 != id } && open[key]?[id, default: 0] ?? 0 > keeps(id)
-            }
+            let must = blocked.keys.contains { mustShed(id, key: $0) }
             if pool.mustShed.load(ordering: .relaxed) != must { pool.mustShed.store(must, ordering: .relaxed) }
         }
+    }
+
+    /// Whether the pool `id` holds more of `key` than it keeps while another loop waits for room
+    /// for it. Under the lock.
+    private func mustShed(_ id: ObjectIdentifier, key: PoolKey) -> Bool {
+        guard let waiting = blocked[key], waiting.keys.contains(where: { $0 != id }) else { return false }
+        return open[key]?[id, default: 0] ?? 0 > keeps(id)
+    }
+
+    /// Open connections of `key` on all loops. Under the lock.
+    private func total(_ key: PoolKey) -> Int {
+        open[key]?.values.reduce(0, +) ?? 0
     }
 
     /// What a loop keeps of a key when others wait: its fair share, or its clients if fewer.
@@ -103,7 +113,7 @@ final class PoolBudget: @unchecked Sendable {
         let id = ObjectIdentifier(pool)
         let (result, over): (Take, [UpstreamPool]) = lock.withLock {
             let counts = open[key] ?? [:]
-            if counts.values.reduce(0, +) < size {
+            if total(key) < size {
                 open[key, default: [:]][id, default: 0] += 1
                 return (.taken, [])
             }
@@ -139,21 +149,16 @@ final class PoolBudget: @unchecked Sendable {
     /// connection `pool` frees then closes instead of going idle.
     func isWanted(_ key: PoolKey, from pool: UpstreamPool) -> Bool {
         guard pool.mustShed.load(ordering: .relaxed) else { return false }
-        let id = ObjectIdentifier(pool)
-        return lock.withLock {
-            guard let waiting = blocked[key], waiting.keys.contains(where: { $0 != id }) else { return false }
-            return open[key]?[id, default: 0] ?? 0 > keeps(id)
-        }
+        return lock.withLock { mustShed(ObjectIdentifier(pool), key: key) }
     }
-
 
     /// Connections of `key` over the size (after a reload that lowered it).
     func surplus(_ key: PoolKey) -> Int {
-        lock.withLock { max(0, (open[key]?.values.reduce(0, +) ?? 0) - size) }
+        lock.withLock { max(0, total(key) - size) }
     }
 
     /// Open connections of `key`, all loops.
     func count(_ key: PoolKey) -> Int {
-        lock.withLock { open[key]?.values.reduce(0, +) ?? 0 }
+        lock.withLock { total(key) }
     }
 }
