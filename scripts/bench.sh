@@ -23,7 +23,8 @@
 #   BENCH_OUT=path         where the table goes (default .build-bench/bench-results.md)
 #   BENCH_KEEP=1           keep the work directory (logs, configs) for inspection
 #   BENCH_PROFILE=proxy-tx perf record -g each cell of these targets into the work directory
-#   BENCH_PERF_STAT=1      with BENCH_PROFILE: CPU microseconds per transaction (perf stat)
+#   BENCH_PERF_STAT=1      with BENCH_PROFILE: CPU microseconds per transaction (perf stat), user and system
+#   BENCH_SYSCALLS=1       with BENCH_PROFILE: system calls per transaction, by call (strace -c)
 #   BENCH_CALLGRIND=N      run tenant-proxy (transaction mode) under valgrind --tool=callgrind, N
 #                          transactions per client per cell: its instructions per transaction
 #   BENCH_SKIP_BUILD=1     no build: use $TENANT_PROXY_BIN, default .build-bench/release/tenant-proxy

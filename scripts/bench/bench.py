@@ -79,6 +79,10 @@ PROFILE = [t for t in os.environ.get("BENCH_PROFILE", "").split(",") if t]
 # BENCH_PERF_STAT=1: with BENCH_PROFILE, measure CPU time (perf stat task-clock) instead of
 # sampling; the log then shows each profiled cell's CPU microseconds per transaction.
 PERF_STAT = os.environ.get("BENCH_PERF_STAT", "") not in ("", "0")
+# BENCH_SYSCALLS=1: with BENCH_PROFILE, count system calls instead (strace -c -f); the log then
+# shows each profiled cell's system calls per transaction, by call. strace slows the target
+# several times over: the counts are what this is for, not the TPS.
+SYSCALLS = os.environ.get("BENCH_SYSCALLS", "") not in ("", "0")
 KEEP = KEEP or bool(PROFILE)
 # BENCH_CALLGRIND=N: run tenant-proxy (transaction mode) under valgrind --tool=callgrind and give
 # each of its cells N transactions per client (pgbench -t) instead of -T: the table then gets the
@@ -212,6 +216,12 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     if children:
         ticks += int(fields[13]) + int(fields[14])     # cutime, cstime
     return ticks / CLK_TCK
+
+
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU of a process (all its threads), apart."""
+    fields = stat_fields(pid)
+    return (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK) if fields else (0.0, 0.0)
 
 
 def postgres_cpu_seconds(postmaster: int) -> float:
@@ -611,6 +621,20 @@ def context_switches(metrics_port: int) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def log_syscalls(key: str, data: Path, processed: int) -> None:
+    """Logs strace -c's summary in data as system calls per transaction, by call."""
+    counts = []
+    for line in data.read_text().splitlines():
+        parts = line.split()
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(parts) >= 5 and parts[3].isdigit() and parts[-1] != "total":
+            counts.append((int(parts[3]), parts[-1]))
+    total = sum(n for n, _ in counts)
+    detail = ", ".join(f"{name} {n / processed:.2f}" for n, name in sorted(counts, reverse=True)
+                       if n / processed >= 0.01)
+    log(f"syscalls {key}: {total / processed:.2f} per transaction ({detail})")
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -629,8 +653,12 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
     if PROFILE and target.key in PROFILE and target.pid:
         # perf samples the target's process for the whole cell; the data stays in the work dir.
         data = work / f"perf-{target.key}-{script}-{protocol}-{clients}{'-C' if connect else ''}.data"
-        command = (["perf", "stat", "-x", ",", "-e", "task-clock", "-p", str(target.pid), "-o", str(data)]
-                   if PERF_STAT else ["perf", "record", "-F", "999", "-g", "-p", str(target.pid), "-o", str(data)])
+        if SYSCALLS:
+            command = ["strace", "-c", "-f", "-p", str(target.pid), "-o", str(data)]
+        elif PERF_STAT:
+            command = ["perf", "stat", "-x", ",", "-e", "task-clock", "-p", str(target.pid), "-o", str(data)]
+        else:
+            command = ["perf", "record", "-F", "999", "-g", "-p", str(target.pid), "-o", str(data)]
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log(f"profiling {target.key} into {data}")
     # Read before callgrind's counters are zeroed and after they are dumped: a scrape is not the
@@ -645,6 +673,7 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                 postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
                 children_cpu_seconds())
     cpu_before = cpu_now()
+    split_before = user_system_seconds(target.pid) if PERF_STAT and target.pid else None
     for i, c in enumerate(per):
         length = ["-t", str(CALLGRIND)] if callgrind else ["-T", str(SECONDS)]
         args = [pgbench, "-n", *length, "-c", str(c),
@@ -699,12 +728,17 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         except subprocess.TimeoutExpired:
             profiler.kill()
             profiler.wait()
-        if PERF_STAT and processed:
+        if SYSCALLS and processed:
+            log_syscalls(target.key, data, processed)
+        elif PERF_STAT and processed:
             for line in data.read_text().splitlines():
                 parts = line.split(",")
                 if len(parts) > 2 and parts[2].startswith("task-clock"):
                     with contextlib.suppress(ValueError):
                         log(f"perf stat {target.key}: {float(parts[0]) * 1000 / processed:.2f} CPU µs per transaction")
+            if split_before:
+                user, system = (a - b for a, b in zip(user_system_seconds(target.pid), split_before))
+                log(f"{target.key}: user {user * 1e6 / processed:.2f} µs, system {system * 1e6 / processed:.2f} µs per transaction")
     if callgrind and processed:
         total = callgrind.callgrind_instructions(f"{script}-{protocol}-{clients}{'-C' if connect else ''}")
         if total:
