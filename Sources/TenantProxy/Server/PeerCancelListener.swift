@@ -46,9 +46,14 @@ final class PeerCancelHandler: ChannelInboundHandler {
                 return
             }
             if case .startup(.cancel(let request)) = part, let target = runtime.registry.cancelTarget(for: request) {
-                CancelSender.send(CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey), host: target.host,
-                                  port: target.port, on: context.eventLoop, timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds,
-                                  logger: runtime.logger, what: "upstream")
+                let runtime = runtime
+                let loop = context.eventLoop
+                target.whenSuccess { target in
+                    guard let target else { return }
+                    CancelSender.send(CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey), host: target.host,
+                                      port: target.port, on: loop, timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds,
+                                      logger: runtime.logger, what: "upstream")
+                }
             }
         } catch {
             runtime.logger.info("peer cancel port: unreadable packet", metadata: ["error": "\(error)"])

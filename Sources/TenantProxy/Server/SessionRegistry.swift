@@ -13,23 +13,9 @@ final class SessionRegistry: @unchecked Sendable {
         var port: Int
     }
 
-    /// Where a session's cancel requests go right now. Each session has its own (its own lock),
-    /// so the lend and return of every transaction never take the registry's lock.
-    final class CancelSlot: @unchecked Sendable {
-        private let lock = NIOLock()
-        private var target: CancelTarget?
-
-        func set(_ target: CancelTarget?) {
-            lock.withLock { self.target = target }
-        }
-
-        var current: CancelTarget? { lock.withLock { target } }
-    }
-
     private struct Entry {
         var secret: Int32
         var session: ClientSession
-        var slot: CancelSlot
     }
 
     private let lock = NIOLock()
@@ -57,7 +43,7 @@ final class SessionRegistry: @unchecked Sendable {
 
     /// Registers a session and returns the key the client will use to cancel its queries, or nil
     /// when the global client limit is reached.
-    func register(_ session: ClientSession, cancelSlot: CancelSlot = CancelSlot()) -> BackendKeyData? {
+    func register(_ session: ClientSession) -> BackendKeyData? {
         lock.withLock {
             guard entries.count < maxSessions else { return nil }
             var processID: Int32
@@ -70,13 +56,9 @@ final class SessionRegistry: @unchecked Sendable {
                 }
             } while entries[processID] != nil
             let secret = Int32.random(in: Int32.min...Int32.max, using: &generator)
-            entries[processID] = Entry(secret: secret, session: session, slot: cancelSlot)
+            entries[processID] = Entry(secret: secret, session: session)
             return BackendKeyData(processID: processID, secretKey: secret)
         }
-    }
-
-    func setCancelTarget(_ target: CancelTarget?, for processID: Int32) {
-        lock.withLock { entries[processID]?.slot }?.set(target)
     }
 
     func unregister(_ processID: Int32) {
@@ -91,15 +73,23 @@ final class SessionRegistry: @unchecked Sendable {
         callback?()
     }
 
-    /// The upstream query a cancel request names, when its secret matches (compared in constant time).
-    func cancelTarget(for request: CancelRequest) -> CancelTarget? {
-        let slot: CancelSlot? = lock.withLock {
+    /// The session a cancel request names, when its secret matches (compared in constant time).
+    func session(for request: CancelRequest) -> ClientSession? {
+        lock.withLock {
             guard let entry = entries[request.processID] else { return nil }
             let difference = entry.secret ^ request.secretKey
             guard difference == 0 else { return nil }
-            return entry.slot
+            return entry.session
         }
-        return slot?.current
+    }
+
+    /// The upstream query a cancel request names: nil when no session has that key and secret;
+    /// otherwise what the session's loop says it is running on (nil between transactions).
+    /// Asked on the session's loop, so lending and returning connections, every transaction,
+    /// keep nothing up to date for a cancel that rarely comes.
+    func cancelTarget(for request: CancelRequest) -> EventLoopFuture<CancelTarget?>? {
+        guard let session = session(for: request) else { return nil }
+        return session.eventLoop.submit { session.cancelTarget }
     }
 
     var allSessions: [ClientSession] {

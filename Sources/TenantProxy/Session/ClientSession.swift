@@ -165,7 +165,6 @@ final class ClientSession: UpstreamConnectionOwner {
     private var userName = ""
     private var databaseName = ""
     private let connectedAt = Date()
-    private let cancelSlot = SessionRegistry.CancelSlot()
 
     /// Status of the last ReadyForQuery relayed: shutdown closes idle sessions at a boundary.
     private var transactionStatus: TransactionStatus = .idle
@@ -493,7 +492,7 @@ final class ClientSession: UpstreamConnectionOwner {
             guard runtime.addTenantClient(tenant) else { return fail(.tenantTooManyClients) }
             tenantCounted = tenant
         }
-        guard let key = runtime.registry.register(self, cancelSlot: cancelSlot) else {
+        guard let key = runtime.registry.register(self) else {
             fail(.tooManyClients)
             return
         }
@@ -632,7 +631,6 @@ final class ClientSession: UpstreamConnectionOwner {
                     loginHandler = nil
                 }
                 startupParameters = parameters
-                setCancelTarget()
                 applyContextAtConnect()
             }
         }
@@ -774,7 +772,6 @@ final class ClientSession: UpstreamConnectionOwner {
         borrowed.owner = self
         borrowed.lastTenant = tenantLease
         connection = borrowed
-        setCancelTarget()
         setUpstreamReading(client.isWritable)
         switch purpose {
         case .transaction:
@@ -800,7 +797,6 @@ final class ClientSession: UpstreamConnectionOwner {
         guard let connection, let pool else { return }
         self.connection = nil
         parseOrigins.removeAll(keepingCapacity: true)
-        cancelSlot.set(nil)
         pool.release(connection, tenant: tenantLease)
     }
 
@@ -889,9 +885,14 @@ final class ClientSession: UpstreamConnectionOwner {
         resumeClient()
     }
 
-    private func setCancelTarget() {
-        guard let connection, let key = connection.backendKey else { return }
-        cancelSlot.set(.init(key: key, host: connection.cancelHost, port: connection.cancelPort))
+    var eventLoop: EventLoop { client.eventLoop }
+
+    /// Where a cancel request for this client goes now: the upstream connection it holds (on
+    /// the session's loop).
+    var cancelTarget: SessionRegistry.CancelTarget? {
+        client.eventLoop.preconditionInEventLoop()
+        guard let connection, let key = connection.backendKey else { return nil }
+        return .init(key: key, host: connection.cancelHost, port: connection.cancelPort)
     }
 
     // MARK: - Injected queries
@@ -1651,8 +1652,11 @@ final class ClientSession: UpstreamConnectionOwner {
             logger.info("cancel request with unknown key ignored")
             return
         }
-        sendCancel(CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey), host: target.host, port: target.port,
-                   what: "upstream")
+        target.whenSuccess { [self] target in
+            guard let target else { return }
+            sendCancel(CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey), host: target.host, port: target.port,
+                       what: "upstream")
+        }
     }
 
     private func sendCancel(_ request: CancelRequest, host: String, port: Int, what: String) {

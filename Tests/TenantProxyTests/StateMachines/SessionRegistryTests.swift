@@ -27,9 +27,6 @@ final class SessionRegistryTests: XCTestCase {
         return ClientSession(client: channel, runtime: runtime)
     }
 
-    private let target = SessionRegistry.CancelTarget(
-        key: BackendKeyData(processID: 777, secretKey: 888), host: "10.0.0.5", port: 5432)
-
     // MARK: - Registration
 
     func testRegisterReturnsDistinctPositiveKeys() throws {
@@ -68,49 +65,50 @@ final class SessionRegistryTests: XCTestCase {
 
     // MARK: - Cancel routing
 
-    func testCancelTargetIsReturnedOnlyForTheMatchingSecret() throws {
-        let registry = SessionRegistry(maxSessions: 10)
-        let key = try XCTUnwrap(registry.register(makeSession()))
-        registry.setCancelTarget(target, for: key.processID)
-        XCTAssertEqual(registry.cancelTarget(for: CancelRequest(processID: key.processID, secretKey: key.secretKey)), target)
+    private func request(_ key: BackendKeyData) -> CancelRequest {
+        CancelRequest(processID: key.processID, secretKey: key.secretKey)
     }
 
-    func testWrongSecretGivesNoTarget() throws {
+    func testTheSessionIsFoundOnlyWithTheMatchingSecret() throws {
         let registry = SessionRegistry(maxSessions: 10)
-        let key = try XCTUnwrap(registry.register(makeSession()))
-        registry.setCancelTarget(target, for: key.processID)
+        let session = makeSession()
+        let key = try XCTUnwrap(registry.register(session))
+        XCTAssertTrue(registry.session(for: request(key)) === session)
         for wrong in [key.secretKey &+ 1, key.secretKey ^ Int32.min, ~key.secretKey] {
+            XCTAssertNil(registry.session(for: CancelRequest(processID: key.processID, secretKey: wrong)))
             XCTAssertNil(registry.cancelTarget(for: CancelRequest(processID: key.processID, secretKey: wrong)))
         }
         // The upstream's own key must not work against the proxy either.
-        XCTAssertNil(registry.cancelTarget(for: CancelRequest(processID: 777, secretKey: 888)))
+        XCTAssertNil(registry.session(for: CancelRequest(processID: 777, secretKey: 888)))
     }
 
-    func testUnknownProcessIDGivesNoTarget() throws {
+    func testUnknownProcessIDFindsNoSession() throws {
         let registry = SessionRegistry(maxSessions: 10)
         let key = try XCTUnwrap(registry.register(makeSession()))
-        registry.setCancelTarget(target, for: key.processID)
         let otherID = key.processID == Int32.max ? 1 : key.processID + 1
-        XCTAssertNil(registry.cancelTarget(for: CancelRequest(processID: otherID, secretKey: key.secretKey)))
+        XCTAssertNil(registry.session(for: CancelRequest(processID: otherID, secretKey: key.secretKey)))
     }
 
-    func testNoTargetBeforeTheUpstreamIsKnown() throws {
+    /// The target is asked of the session on its loop: with no upstream connection (logging in,
+    /// or between transactions in transaction mode) there is nothing to cancel.
+    func testASessionHoldingNoUpstreamConnectionGivesNoTarget() throws {
         let registry = SessionRegistry(maxSessions: 10)
-        let key = try XCTUnwrap(registry.register(makeSession()))
-        XCTAssertNil(registry.cancelTarget(for: CancelRequest(processID: key.processID, secretKey: key.secretKey)))
+        let session = makeSession()
+        let key = try XCTUnwrap(registry.register(session))
+        let future = try XCTUnwrap(registry.cancelTarget(for: request(key)))
+        var answer: SessionRegistry.CancelTarget?? = .none
+        future.whenSuccess { answer = .some($0) }
+        (session.eventLoop as! EmbeddedEventLoop).run()
+        XCTAssertEqual(answer, .some(nil))
     }
 
-    func testUnregisterRemovesTheSessionAndItsCancelTarget() throws {
+    func testUnregisterRemovesTheSession() throws {
         let registry = SessionRegistry(maxSessions: 10)
         let key = try XCTUnwrap(registry.register(makeSession()))
-        registry.setCancelTarget(target, for: key.processID)
         registry.unregister(key.processID)
         XCTAssertEqual(registry.count, 0)
-        XCTAssertNil(registry.cancelTarget(for: CancelRequest(processID: key.processID, secretKey: key.secretKey)))
-        // Setting a target for a session that is gone must not resurrect it.
-        registry.setCancelTarget(target, for: key.processID)
-        XCTAssertEqual(registry.count, 0)
-        XCTAssertNil(registry.cancelTarget(for: CancelRequest(processID: key.processID, secretKey: key.secretKey)))
+        XCTAssertNil(registry.session(for: request(key)))
+        XCTAssertNil(registry.cancelTarget(for: request(key)))
     }
 
     // MARK: - Draining
