@@ -372,8 +372,11 @@ final class ProxyRuntime: @unchecked Sendable {
 
     /// When the tenant or its cluster is paused, remembers the session (RESUME calls its
     /// `pauseLifted()` on its loop) and returns true; otherwise false and the caller goes on.
-    func holdIfPaused(tenant: String?, cluster: String, session: ClientSession) -> Bool {
+    /// `cluster` is read only when something is paused (a copy of the string per transaction
+    /// otherwise).
+    func holdIfPaused(tenant: String?, cluster: @autoclosure () -> String, session: ClientSession) -> Bool {
         guard _anyPaused.load(ordering: .acquiring) else { return false }
+        let cluster = cluster()
         return lock.withLock {
             guard pausedLocked(tenant: tenant, cluster: cluster) else { return false }
             pauseWaiters[ObjectIdentifier(session)] = session
