@@ -151,7 +151,9 @@ struct LoopWriter {
     }
 }
 
-/// Flushes of bytes a `LoopWriter` gave NIO that NIO has not finished writing.
-final class Backlog {
-    var writes = 0
+extension LoopWriter {
+    /// Flushes of bytes a writer gave NIO that NIO has not finished writing.
+    fileprivate final class Backlog {
+        var writes = 0
+    }
 }
