@@ -14,14 +14,25 @@ import PGWire
 final class UpstreamPool {
     typealias Completion = (Result<UpstreamConnection, ProxyError>) -> Void
 
-    fileprivate struct Waiter {
-        var id: Int
-        var context: ContextKey
-        var tenant: String?
-        var completion: Completion
-        var since: NIODeadline = .now()
+    /// A class, not a struct: the queue is scanned (affinity) and shifted (a waiter leaving
+    /// from its middle) on nearly every lend when clients outnumber connections, and each copy
+    /// of a struct waiter retained and released its context, tenant and completion (about 3,000
+    /// instructions per transaction at 100 clients on 20 connections).
+    fileprivate final class Waiter {
+        let id: Int
+        let context: ContextKey
+        let tenant: String?
+        let completion: Completion
+        let since: NIODeadline = .now()
         /// How often a waiter behind this one went first (tenant affinity); bounded for fairness.
         var overtaken = 0
+
+        init(id: Int, context: ContextKey, tenant: String?, completion: @escaping Completion) {
+            self.id = id
+            self.context = context
+            self.tenant = tenant
+            self.completion = completion
+        }
     }
 
     /// The connections of one key (cluster, role, database) on this loop. A session keeps its
@@ -272,7 +283,7 @@ final class UpstreamPool {
     private func serveByAffinity(_ lane: Lane) {
         while let index = affinityCandidate(lane), case .lend(let lend) = serve(lane.waiters[index], in: lane) {
             lane.waiters.remove(at: index)
-            lane.waiters[lane.waiters.startIndex].overtaken += 1
+            lane.waiters.first?.overtaken += 1
             lend()
         }
     }
