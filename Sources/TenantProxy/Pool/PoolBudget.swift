@@ -9,8 +9,8 @@ import NIOConcurrencyHelpers
 /// its half (13 or 12 of 20 pgbench clients in the benchmark: accepted connections go round the
 /// loops, and not every one is a pgbench client) kept lending its 10 connections from tenant to
 /// tenant (a RESET and a SET upstream each time: 9 to 30% of transactions at 20 clients over 10
-/// tenants) while the other loop had some to spare. Now a loop opens connections while all loops together are under the
-/// size. When the size is reached, a loop with fewer connections than clients waits for room,
+/// tenants) while the other loop had some to spare. Now a loop opens connections while all
+/// loops together are under the size. When the size is reached, a loop with fewer connections than clients waits for room,
 /// and a loop holding more than it keeps gives some back: its longest idle connection of that
 /// key closes (`shed`) and its next freed ones retire instead of going idle. A loop keeps its
 /// fair share (size / loops), or as many as it has clients if that is fewer.
@@ -146,9 +146,12 @@ final class PoolBudget: @unchecked Sendable {
     }
 
     /// Whether `pool` holds more of `key` than it keeps while another loop waits for room: a
-    /// connection `pool` frees then closes instead of going idle.
-    func isWanted(_ key: PoolKey, from pool: UpstreamPool) -> Bool {
+    /// connection `pool` frees then closes instead of going idle. `key` is read only when the
+    /// pool's flag is set: a lane's key is three strings, copied (retained and released, about
+    /// 260 instructions) on every return otherwise.
+    func isWanted(_ key: @autoclosure () -> PoolKey, from pool: UpstreamPool) -> Bool {
         guard pool.mustShed.load(ordering: .relaxed) else { return false }
+        let key = key()
         return lock.withLock { mustShed(ObjectIdentifier(pool), key: key) }
     }
 

@@ -189,9 +189,7 @@ final class UpstreamPool {
             connection.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
         guard let lane = connection.lane else { return connection.channel.close(promise: nil) }
-        // The flag before the key: passing `lane.key` copies its three strings (retains and
-        // releases, about 260 instructions per return).
-        if mustShed.load(ordering: .relaxed), budget.isWanted(lane.key, from: self) {
+        if budget.isWanted(lane.key, from: self) {
             // This loop holds more connections than it keeps, and another loop waits for room.
             return retire(connection, from: lane)
         }

@@ -50,9 +50,8 @@ final class PeerCancelHandler: ChannelInboundHandler {
                 let loop = context.eventLoop
                 target.whenSuccess { target in
                     guard let target else { return }
-                    CancelSender.send(CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey), host: target.host,
-                                      port: target.port, on: loop, timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds,
-                                      logger: runtime.logger, what: "upstream")
+                    CancelSender.send(target.request, host: target.host, port: target.port, on: loop,
+                                      timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds, logger: runtime.logger, what: "upstream")
                 }
             }
         } catch {

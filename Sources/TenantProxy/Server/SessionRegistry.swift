@@ -11,6 +11,9 @@ final class SessionRegistry: @unchecked Sendable {
         var key: BackendKeyData
         var host: String
         var port: Int
+
+        /// The CancelRequest that reaches the upstream backend (its own key).
+        var request: CancelRequest { CancelRequest(processID: key.processID, secretKey: key.secretKey) }
     }
 
     private struct Entry {

@@ -1658,8 +1658,7 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         target.whenSuccess { [self] target in
             guard let target else { return }
-            sendCancel(CancelRequest(processID: target.key.processID, secretKey: target.key.secretKey), host: target.host, port: target.port,
-                       what: "upstream")
+            sendCancel(target.request, host: target.host, port: target.port, what: "upstream")
         }
     }
 
