@@ -51,11 +51,11 @@ enum PGTypedFrameDecoding {
     /// The identifier and whole size (identifier, length field and payload) of the frame at the
     /// buffer's reader index once all of it is readable, else nil; the same checks as `next`.
     static func header(of buffer: ByteBuffer, maxMessageLength: Int) throws -> (type: UInt8, size: Int)? {
-        let start = buffer.readerIndex
-        guard let type = buffer.getInteger(at: start, as: UInt8.self),
-              let length = buffer.getInteger(at: start + 1, as: Int32.self)
-        else {
-            return nil
+        guard buffer.readableBytes >= 5 else { return nil }
+        // Two loads from the readable bytes: ByteBuffer.getInteger twice cost ~130 instructions
+        // a header, and the relay reads five or six headers a transaction.
+        let (type, length) = buffer.withUnsafeReadableBytes { bytes in
+            (bytes[0], Int32(bigEndian: bytes.loadUnaligned(fromByteOffset: 1, as: Int32.self)))
         }
         guard length >= 4 else {
             throw PGWireError.invalidLength("message length \(length) is smaller than 4")

@@ -17,73 +17,76 @@ enum GuardPrefilter {
     ]
 
     /// Everything the scan looks up, in one buffer (one global to load, nothing retained):
-    /// - `pairs` (256 x 128 bytes), indexed by a byte and the next byte lower-cased
-    ///   (`(next | 0x20) & 0x7F`): `special` in every column of a byte that sends the text to
-    ///   the guards on its own; for a letter followed by a letter, 1 + the number of the first
-    ///   word that begins with the two (0: none does, the usual case: one load and a test per
-    ///   byte, with the next byte's load carried over);
+    /// - `pairs` (256 x 256 bytes), indexed by two neighbouring bytes as one little-endian
+    ///   16-bit load (`byte | next << 8`): `special` wherever the first byte sends the text to
+    ///   the guards on its own; for two letters (either case), 1 + the number of the first word
+    ///   that begins with them (0: none does, the usual case: a load, a lookup and a test per
+    ///   byte; folding the second byte's case in the loop instead cost twice the instructions);
     /// - `slots` (`slot` bytes per word): its length, 1 + the number of the next word with the
     ///   same first two letters (0: none), then its letters.
-    private static let pairsAt = 0, slotsAt = 256 * 128, slot = 16
+    private static let pairsAt = 0, slotsAt = 256 * 256, slot = 16
     private static let special: UInt8 = 0xFF
     private static let table: [UInt8] = {
         let letters = words.map { Array($0.utf8) }
         var table = [UInt8](repeating: 0, count: slotsAt + letters.count * slot)
         let specials = Array(0x80...0xFF) + [Int(UInt8(ascii: "\"")), Int(UInt8(ascii: "&")), Int(UInt8(ascii: "\\"))]
         for byte in specials {
-            for next in 0..<128 { table[pairsAt + byte << 7 + next] = special }
+            for next in 0..<256 { table[pairsAt + byte | next << 8] = special }
         }
         // Backwards, so each pair's chain lists the words in their order.
         for (number, word) in letters.enumerated().reversed() {
             precondition(word.count >= 2 && word.count < slot && number < 254 && word.allSatisfy { $0 >= 0x61 && $0 <= 0x7A },
                          "GuardPrefilter.words: 2 to \(slot - 1) lower-case letters each, at most 254 words")
-            let lower = pairsAt + Int(word[0]) << 7 + Int(word[1]), upper = lower - 0x20 << 7
             let at = slotsAt + number * slot
+            let chain = table[pairsAt + Int(word[0]) | Int(word[1]) << 8]
             table[at] = UInt8(word.count)
-            table[at + 1] = table[lower]
+            table[at + 1] = chain
             table.replaceSubrange(at + 2 ..< at + 2 + word.count, with: word)
-            table[lower] = UInt8(number + 1)
-            table[upper] = UInt8(number + 1)
+            for first in [word[0], word[0] - 0x20] {
+                for second in [word[1], word[1] - 0x20] { table[pairsAt + Int(first) | Int(second) << 8] = UInt8(number + 1) }
+            }
         }
         return table
     }()
 
     /// Whether the guards must look at `sql` (false: both would allow it and report nothing).
     static func mayMatter(_ sql: UnsafeRawBufferPointer) -> Bool {
-        guard let text = sql.baseAddress?.assumingMemoryBound(to: UInt8.self), sql.count > 0 else { return false }
+        guard let start = sql.baseAddress, sql.count > 0 else { return false }
+        let text = start.assumingMemoryBound(to: UInt8.self)
         let count = sql.count
         return table.withUnsafeBufferPointer { table in
             let table = table.baseAddress!
-            /// A non-zero pair entry at `index`: a special byte, or a word to compare from its third letter.
-            func found(_ entry: UInt8, at index: Int) -> Bool {
-                if entry == special { return true }
-                var number = entry
-                while number != 0 {
-                    let at = slotsAt &+ Int(number &- 1) &* slot
-                    let length = Int(table[at])
-                    if length <= count &- index {
-                        var offset = 2
-                        // `| 0x20` lower-cases ASCII letters and maps no other byte onto one.
-                        while offset < length, text[index &+ offset] | 0x20 == table[at &+ 2 &+ offset] { offset &+= 1 }
-                        if offset == length { return true }
-                    }
-                    number = table[at &+ 1]
-                }
-                return false
-            }
-            var byte = text[0]
-            var index = 0
             let last = count &- 1
+            var index = 0
             while index < last {
-                let next = text[index &+ 1]
-                let entry = table[pairsAt &+ Int(byte) &<< 7 &+ Int((next | 0x20) & 0x7F)]
-                if entry != 0, found(entry, at: index) { return true }
-                byte = next
+                let pair = UInt16(littleEndian: start.loadUnaligned(fromByteOffset: index, as: UInt16.self))
+                let entry = table[pairsAt &+ Int(pair)]
+                if entry != 0, found(entry, at: index, in: text, count: count, table: table) { return true }
                 index &+= 1
             }
-            // The last byte has no next letter: only a special one counts.
-            return table[pairsAt &+ Int(byte) &<< 7] == special
+            // The last byte has no next letter: only a special one counts (the row of a
+            // special byte is special in every column, a letter's column 0 is 0).
+            return table[pairsAt &+ Int(text[last])] == special
         }
+    }
+
+    /// A non-zero pair entry at `index`: a special byte, or words to compare from their third letter.
+    @inline(never)
+    private static func found(_ entry: UInt8, at index: Int, in text: UnsafePointer<UInt8>, count: Int, table: UnsafePointer<UInt8>) -> Bool {
+        if entry == special { return true }
+        var number = entry
+        while number != 0 {
+            let at = slotsAt &+ Int(number &- 1) &* slot
+            let length = Int(table[at])
+            if length <= count &- index {
+                var offset = 2
+                // `| 0x20` lower-cases ASCII letters and maps no other byte onto one.
+                while offset < length, text[index &+ offset] | 0x20 == table[at &+ 2 &+ offset] { offset &+= 1 }
+                if offset == length { return true }
+            }
+            number = table[at &+ 1]
+        }
+        return false
     }
 
     static func mayMatter(_ sql: String) -> Bool {
