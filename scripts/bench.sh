@@ -25,6 +25,8 @@
 #   BENCH_PROFILE=proxy-tx perf record -g each cell of these targets into the work directory
 #   BENCH_PERF_STAT=1      with BENCH_PROFILE: CPU microseconds per transaction (perf stat), user and system
 #   BENCH_SYSCALLS=1       with BENCH_PROFILE: system calls per transaction, by call (strace -c)
+#   BENCH_ROUNDS=1         run each cell this many times, targets taking turns: rows show the median
+#                          run of each target, and a table gives every round's ratio to PgBouncer
 #   BENCH_CALLGRIND=N      run tenant-proxy (transaction mode) under valgrind --tool=callgrind, N
 #                          transactions per client per cell: its instructions per transaction
 #   BENCH_SKIP_BUILD=1     no build: use $TENANT_PROXY_BIN, default .build-bench/release/tenant-proxy

@@ -89,6 +89,12 @@ KEEP = KEEP or bool(PROFILE)
 # proxy's user-space instructions per transaction (deterministic, unlike times on a shared
 # machine). Other targets run as usual. Slow: use with BENCH_TARGETS=proxy-tx and few cells.
 CALLGRIND = env_int("BENCH_CALLGRIND", 0)
+# BENCH_ROUNDS=N: every cell runs N times, its targets taking turns (round 1: each target once,
+# then round 2, ...), so a ratio compares runs a few seconds apart. The main table shows, per
+# target, the round with the median TPS; a second table lists each round's ratio to PgBouncer
+# (same round) and their median. On a shared VM single cells swing by ±10%: use this to judge
+# a target, not one run.
+ROUNDS = max(1, env_int("BENCH_ROUNDS", 1))
 PROXY_THREADS = env_int("BENCH_PROXY_THREADS", 0)   # tenant-proxy event_loop_threads (0 = one per core)
 RUN_PGBENCH = os.environ.get("BENCH_PGBENCH", "1") != "0"   # 0: idle memory only
 PROXY_BIN = Path(os.environ.get("TENANT_PROXY_BIN", REPO / ".build-bench" / "release" / "tenant-proxy"))
@@ -840,7 +846,39 @@ def versions(pg: Postgres) -> dict:
             "cpu": f"{os.cpu_count()} × {cpu}", "kernel": platform.release()}
 
 
-def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str]) -> str:
+def median_cell(runs: list[Cell]) -> Cell:
+    """The run with the median TPS (the lower middle of an even count); errors sort last."""
+    ordered = sorted(runs, key=lambda c: (c.error is not None, c.tps or 0))
+    measured = [c for c in ordered if not c.error]
+    return measured[(len(measured) - 1) // 2] if measured else ordered[0]
+
+
+def round_ratios(rounds: dict[tuple, list[dict[str, Cell]]]) -> list[str]:
+    """Per cell and target: each round's TPS as a ratio of PgBouncer's in the same round, and
+    the median of those ratios (BENCH_ROUNDS)."""
+    lines = ["", f"Rounds (BENCH_ROUNDS={ROUNDS}, targets taking turns within each round): TPS as a "
+             "ratio of PgBouncer's in the same round, and the median of the rounds' ratios.", "",
+             "| target | script | protocol | clients | " + " | ".join(f"round {i + 1}" for i in range(ROUNDS))
+             + " | median |", "|---|---|---|---:|" + "---:|" * (ROUNDS + 1)]
+    for (script, proto, clients, connect), runs in rounds.items():
+        keys = [k for k in runs[0] if k != "pgbouncer"]
+        for key in keys:
+            ratios = []
+            for r in runs:
+                mine, ref = r.get(key), r.get("pgbouncer")
+                ok = mine and ref and mine.tps and ref.tps and not mine.error and not ref.error
+                ratios.append(mine.tps / ref.tps if ok else None)
+            measured = sorted(x for x in ratios if x is not None)
+            median = (measured[len(measured) // 2] if len(measured) % 2 else
+                      (measured[len(measured) // 2 - 1] + measured[len(measured) // 2]) / 2) if measured else None
+            lines.append(f"| {runs[0][key].label} | {script}{' -C' if connect else ''} | {proto} | {clients} | "
+                         + " | ".join(fmt(x) if x is not None else "—" for x in ratios)
+                         + f" | {fmt(median)} |")
+    return lines
+
+
+def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str],
+           rounds: dict[tuple, list[dict[str, Cell]]]) -> str:
     refs = {}
     for c in cells:
         if c.target == "pgbouncer" and c.tps:
@@ -851,7 +889,9 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str]) 
         f"Machine: {info['cpu']}, Linux {info['kernel']}. {info['postgres']}; {info['pgbouncer']}; "
         f"{info['pgbench']}; tenant-proxy {info['commit']} (release build).",
         f"Each cell: pgbench -T {SECONDS} (pgbench -i -s {SCALE}); "
-        f"{'quick mode; ' if QUICK else ''}TPS summed over the pgbench processes of the cell.",
+        f"{'quick mode; ' if QUICK else ''}TPS summed over the pgbench processes of the cell"
+        + (f"; each cell ran {ROUNDS} times, targets taking turns, and each row is the target's "
+           "run with the median TPS." if ROUNDS > 1 else "."),
         "",
         "| target | script | protocol | clients | TPS | avg latency ms | p99 ms | TPS vs PgBouncer "
         "| CPU µs per transaction: pooler · postgres · pgbench |",
@@ -880,6 +920,8 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str]) 
             script = c.script + (" -C" if c.connect else "")
             lines.append(f"| {script} | {c.protocol} | {c.clients} | {value(c):{digits}} |")
 
+    if rounds:
+        lines += round_ratios(rounds)
     per_cell(f"tenant-proxy under callgrind (BENCH_CALLGRIND: pgbench -t {CALLGRIND} per client; its "
              "TPS above is valgrind's, not the proxy's): user-space instructions per transaction, "
              "log-ins of the cell's clients included.",
@@ -1064,24 +1106,31 @@ def bench(work: Path, procs: Procs) -> int:
         plan = []
 
     cells: list[Cell] = []
-    total = len(plan) * len(targets)
+    rounds: dict[tuple, list[dict[str, Cell]]] = {}   # per cell group: each round's cell per target
+    total = len(plan) * len(targets) * ROUNDS
     n = 0
-    for script, proto, clients, connect in plan:
+    for (script, proto, clients, connect), round_no, t in (
+            (cell, r, t) for cell in plan for r in range(ROUNDS) for t in targets):
+        n += 1
+        if script == "tpcb-like":
+            reset_tpcb(pg)
+        cell = run_cell(work, t, script, proto, clients, connect, rls_script, procs,
+                        callgrind=proxy_t if t.key == "proxy-tx" and proxy_t.under_callgrind else None,
+                        pg_postmaster=pg.postmaster)
+        cell.group = (script, proto, clients, connect)
+        runs = rounds.setdefault(cell.group, [])
+        if round_no == len(runs):
+            runs.append({})
+        runs[round_no][t.key] = cell
+        status = (f"error: {cell.error}" if cell.error else
+                  f"{cell.tps:,.0f} tps, avg {fmt(cell.avg_ms, 3)} ms, p99 {fmt(cell.p99_ms, 3)} ms")
+        if cell.cpu_us:
+            status += " (CPU µs/txn pooler {:.1f}, postgres {:.1f}, pgbench {:.1f})".format(*cell.cpu_us)
+        log(f"[{n}/{total}] {cell.label:28} {script:11} {proto:8} c={clients:<3}"
+            f"{' -C' if connect else '   '}{f' round {round_no + 1}' if ROUNDS > 1 else ''} {status}")
+    for runs in rounds.values():
         for t in targets:
-            n += 1
-            if script == "tpcb-like":
-                reset_tpcb(pg)
-            cell = run_cell(work, t, script, proto, clients, connect, rls_script, procs,
-                            callgrind=proxy_t if t.key == "proxy-tx" and proxy_t.under_callgrind else None,
-                            pg_postmaster=pg.postmaster)
-            cell.group = (script, proto, clients, connect)
-            cells.append(cell)
-            status = (f"error: {cell.error}" if cell.error else
-                      f"{cell.tps:,.0f} tps, avg {fmt(cell.avg_ms, 3)} ms, p99 {fmt(cell.p99_ms, 3)} ms")
-            if cell.cpu_us:
-                status += " (CPU µs/txn pooler {:.1f}, postgres {:.1f}, pgbench {:.1f})".format(*cell.cpu_us)
-            log(f"[{n}/{total}] {cell.label:28} {script:11} {proto:8} c={clients:<3}"
-                f"{' -C' if connect else '   '} {status}")
+            cells.append(median_cell([r[t.key] for r in runs if t.key in r]))
 
     for p in (proxy_s, proxy_t):
         if p.proc is not None and p.proc.poll() is not None:
@@ -1129,7 +1178,7 @@ def bench(work: Path, procs: Procs) -> int:
     ]
     info = versions(pg)
     info["date"] = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    text = render(cells, memory, info, notes)
+    text = render(cells, memory, info, notes, rounds if ROUNDS > 1 else {})
     print()
     print(text)
     OUT.parent.mkdir(parents=True, exist_ok=True)
