@@ -217,12 +217,19 @@ final class ProxyMetricsTests: XCTestCase {
 
     func testPoolWaitHistogramBuckets() {
         let metrics = ProxyMetrics(maxTenantLabels: 1)
-        metrics.poolWait(seconds: 0.0001)  // On the first bound: le is inclusive.
-        metrics.poolWait(seconds: 0.0002)
-        metrics.poolWait(seconds: 0.003)
-        metrics.poolWait(seconds: 45)
-        metrics.poolWait(seconds: -1)  // A clock going backwards counts as no wait...
-        metrics.poolWait(seconds: .nan)  // ...and so does garbage, instead of trapping.
+        // Two loops' waits, summed by the snapshot.
+        var first = WaitHistogram(), second = WaitHistogram()
+        first.record(nanoseconds: 100_000)  // On the first bound: le is inclusive.
+        first.record(nanoseconds: 200_000)
+        second.record(nanoseconds: 3_000_000)
+        second.record(nanoseconds: 45_000_000_000)
+        second.record(nanoseconds: -1_000_000_000)  // A clock going backwards counts as no wait.
+        first.record(nanoseconds: 0)
+        var snapshot = MetricsSnapshot()
+        snapshot.poolWaits.add(first)
+        snapshot.poolWaits.add(second)
+        XCTAssertEqual(Series(metrics.render())["tenant_proxy_pool_wait_seconds_count"], "0", "before any scrape: no waits")
+        metrics.update(from: snapshot)
 
         let series = Series(metrics.render())
         let bucket = { (le: String) in series["tenant_proxy_pool_wait_seconds_bucket{le=\"\(le)\"}"] }

@@ -39,6 +39,7 @@ struct LoopView: Sendable {
     var servers: [ServerView] = []
     var pools: [UpstreamPool.PoolRow] = []
     var stats: [String: TenantCounters] = [:]
+    var poolWaits = WaitHistogram()
 }
 
 extension UpstreamPool.PoolRow: @unchecked Sendable {}
@@ -57,6 +58,7 @@ extension ProxyRuntime {
             }
             if let pool = pools[id] {
                 view.pools = pool.poolRows()
+                view.poolWaits = pool.waits
                 view.servers += pool.idleConnections.map { connection in
                     ServerView(key: connection.key, state: "idle", tenantID: connection.lastTenant ?? "",
                                host: connection.cancelHost, port: connection.cancelPort,
@@ -100,6 +102,7 @@ extension ProxyRuntime {
                 for client in view.clients { snapshot.clients[client.state, default: 0] += 1 }
                 for server in view.servers { snapshot.upstreamConnections[server.state, default: 0] += 1 }
                 snapshot.waitingClients += view.pools.reduce(0) { $0 + $1.waiting }
+                snapshot.poolWaits.add(view.poolWaits)
             }
             snapshot.tenants = tenantCounters(views)
             return snapshot

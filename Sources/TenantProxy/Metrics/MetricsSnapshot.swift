@@ -12,17 +12,21 @@ struct MetricsSnapshot: Sendable {
     var waitingClients: Int
     /// One entry per tenant the proxy knows of; several entries for the same tenant are summed.
     var tenants: [TenantCounters]
+    /// Every wait for an upstream connection so far, over all loops.
+    var poolWaits: WaitHistogram
 
     init(
         clients: [String: Int] = [:],
         upstreamConnections: [String: Int] = [:],
         waitingClients: Int = 0,
-        tenants: [TenantCounters] = []
+        tenants: [TenantCounters] = [],
+        poolWaits: WaitHistogram = WaitHistogram()
     ) {
         self.clients = clients
         self.upstreamConnections = upstreamConnections
         self.waitingClients = waitingClients
         self.tenants = tenants
+        self.poolWaits = poolWaits
     }
 }
 

@@ -3,9 +3,10 @@ import Prometheus
 
 /// The proxy's Prometheus series, and the one place that decides their labels.
 ///
-/// Events (auth failures, guard refusals, pool waits) are recorded as they happen; everything the
-/// runtime already counts is read from a `MetricsSnapshot` right before each scrape
-/// (`update(from:)`), so the hot path pays nothing for those. Tenant labels are bounded: the
+/// Events (auth failures, guard refusals) are recorded as they happen; everything the runtime
+/// already counts, pool waits included (each loop's `WaitHistogram`), is read from a
+/// `MetricsSnapshot` right before each scrape (`update(from:)`), so the hot path takes no lock
+/// for those. Tenant labels are bounded: the
 /// first `maxTenantLabels` tenants get their own, every later one shares `_other`.
 final class ProxyMetrics: Sendable {
     /// The label of series that belong to no tenant (a nil or empty tenant id).
@@ -28,7 +29,6 @@ final class ProxyMetrics: Sendable {
 
     private let labeledTenants = NIOLockedValueBox(Set<String>())
     private let scrape = NIOLockedValueBox(ScrapeState())
-    private let poolWaitHistogram: DurationHistogram
     private let waitingClientsGauge: Gauge
     private let contextSwitchCounter: Counter
 
@@ -40,6 +40,8 @@ final class ProxyMetrics: Sendable {
         var clientStates: Set<String> = ["active", "idle", "waiting"]
         var upstreamStates: Set<String> = ["active", "idle", "login"]
         var tenantClientLabels: Set<String> = []
+        /// Pool waits as of the last snapshot (rendered by `render()`, not by the registry).
+        var poolWaits = WaitHistogram()
     }
 
     /// - Parameters:
@@ -48,10 +50,6 @@ final class ProxyMetrics: Sendable {
     init(maxTenantLabels: Int, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.maxTenantLabels = max(0, maxTenantLabels)
         self.registry = registry
-        self.poolWaitHistogram = registry.makeDurationHistogram(
-            descriptor: Family.poolWait.descriptor,
-            buckets: Self.poolWaitBuckets
-        )
         self.waitingClientsGauge = registry.makeGauge(descriptor: Family.waitingClients.descriptor)
         self.contextSwitchCounter = registry.makeCounter(descriptor: Family.contextSwitches.descriptor)
         // Series a dashboard expects from the first scrape on, at 0.
@@ -100,13 +98,6 @@ final class ProxyMetrics: Sendable {
         contextSwitchCounter.increment()
     }
 
-    /// How long a client waited for an upstream connection. Negative or non-finite values count
-    /// as 0 so that one bad clock reading cannot crash the proxy.
-    func poolWait(seconds: Double) {
-        let seconds = seconds.isFinite ? min(max(seconds, 0), 1_000_000_000) : 0
-        poolWaitHistogram.record(.nanoseconds(Int64((seconds * 1_000_000_000).rounded())))
-    }
-
     // MARK: - Scrape
 
     /// Brings the snapshot-derived series up to date. Call right before `render()`.
@@ -139,6 +130,7 @@ final class ProxyMetrics: Sendable {
                 known: &state.upstreamStates
             )
             waitingClientsGauge.set(to: Double(snapshot.waitingClients))
+            state.poolWaits = snapshot.poolWaits
         }
     }
 
@@ -146,7 +138,23 @@ final class ProxyMetrics: Sendable {
     func render() -> String {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
+        Self.emit(scrape.withLockedValue { $0.poolWaits }, into: &buffer)
         return String(decoding: buffer, as: UTF8.self)
+    }
+
+    /// The pool-wait histogram in the registry's format (bounds and sum written as the
+    /// Prometheus package writes Durations, so the series read as they did when it kept them).
+    private static func emit(_ waits: WaitHistogram, into buffer: inout [UInt8]) {
+        let descriptor = Family.poolWait.descriptor
+        let name = descriptor.name
+        buffer.append(contentsOf: "# HELP \(name) \(descriptor.helpText ?? "")\n# TYPE \(name) histogram\n".utf8)
+        let cumulative = waits.cumulative
+        for (bound, count) in zip(poolWaitBuckets, cumulative) {
+            buffer.append(contentsOf: "\(name)_bucket{le=\"\(bound.bucketRepresentation)\"} \(count)\n".utf8)
+        }
+        buffer.append(contentsOf: "\(name)_bucket{le=\"+Inf\"} \(waits.count)\n".utf8)
+        buffer.append(contentsOf: "\(name)_sum \(Duration.nanoseconds(waits.sumNanoseconds).bucketRepresentation)\n".utf8)
+        buffer.append(contentsOf: "\(name)_count \(waits.count)\n".utf8)
     }
 
     // MARK: - Private

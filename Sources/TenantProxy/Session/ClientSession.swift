@@ -723,30 +723,41 @@ final class ClientSession: UpstreamConnectionOwner {
         if let idle = pool.lendNow(lane, context: context, tenant: tenantLease) {
             return attach(idle, for: purpose)
         }
-        var answered = false
+        // The callback captures only the session (no closure context or boxed flag to allocate
+        // per wait): what it needs is in these two fields.
+        borrowPurpose = purpose
+        borrowAnswered = false
         let id = pool.acquire(lane, context: context, tenant: tenantLease) { [self] result in
-            answered = true
-            waiterID = nil
-            if let started = waitStarted {
-                waitStarted = nil
-                let waited = (NIODeadline.now() - started).nanoseconds
-                tally?.counters.waitMicroseconds += Int(waited / 1000)
-                runtime.metrics.poolWait(seconds: Double(waited) / 1e9)
-            }
-            switch result {
-            case .success(let borrowed):
-                attach(borrowed, for: purpose)
-            case .failure(let error):
-                logger.warning("no upstream connection", metadata: ["sqlstate": "\(error.sqlState)"])
-                fail(error)
-            }
+            poolAnswered(result)
         }
         // A connection opened or freed at once answers before acquire returns; only a real wait
         // is recorded. Meanwhile what the client sends is held; reading stops only past
         // heldBytesLimit (toggling it on every wait cost two epoll_ctl calls a transaction).
-        if !answered {
+        if !borrowAnswered {
             waiterID = id
             waitStarted = .now()
+        }
+    }
+
+    private var borrowPurpose: BorrowPurpose = .transaction
+    private var borrowAnswered = false
+
+    /// The pool's answer to `borrow`, at once or after a wait.
+    private func poolAnswered(_ result: Result<UpstreamConnection, ProxyError>) {
+        borrowAnswered = true
+        waiterID = nil
+        if let started = waitStarted {
+            waitStarted = nil
+            let waited = (NIODeadline.now() - started).nanoseconds
+            tally?.counters.waitMicroseconds += Int(waited / 1000)
+            pool?.waits.record(nanoseconds: waited)
+        }
+        switch result {
+        case .success(let borrowed):
+            attach(borrowed, for: borrowPurpose)
+        case .failure(let error):
+            logger.warning("no upstream connection", metadata: ["sqlstate": "\(error.sqlState)"])
+            fail(error)
         }
     }
 
