@@ -18,7 +18,8 @@
 #   BENCH_POOL_SIZE=20     upstream pool size of PgBouncer and tenant-proxy (transaction mode)
 #   BENCH_IDLE=1000        idle client connections for the memory measurement (0 = skip)
 #   BENCH_PGBENCH=0        skip the pgbench cells (idle memory only)
-#   BENCH_CONNECT_CLIENTS=20  clients of the -C (connection setup) rows
+#   BENCH_CONNECT_CLIENTS=20  clients of the -C (connection setup) rows (0 = no such row)
+#   BENCH_RLS=1            0 = no rls-select rows
 #   BENCH_SAMPLING=0.2     share of transactions logged for p99
 #   BENCH_OUT=path         where the table goes (default .build-bench/bench-results.md)
 #   BENCH_KEEP=1           keep the work directory (logs, configs) for inspection

@@ -69,7 +69,8 @@ RLS_ROWS = env_int("BENCH_RLS_ROWS", 100_000)          # rows per tenant in the 
 IDLE = env_int("BENCH_IDLE", 1000)
 POOL_SIZE = env_int("BENCH_POOL_SIZE", 20)
 SAMPLING = env_float("BENCH_SAMPLING", 0.2)           # share of transactions logged (for p99)
-CONNECT_CLIENTS = env_int("BENCH_CONNECT_CLIENTS", 20)
+CONNECT_CLIENTS = env_int("BENCH_CONNECT_CLIENTS", 20)   # 0: no -C row
+RLS_CELLS = os.environ.get("BENCH_RLS", "1") != "0"      # 0: no rls-select rows
 WARMUP = env_int("BENCH_WARMUP_SECONDS", 2 if QUICK else 5)
 TARGET_FILTER = env_list("BENCH_TARGETS", [])          # e.g. pgbouncer,proxy-tx
 OUT = Path(os.environ.get("BENCH_OUT") or (REPO / ".build-bench" / "bench-results.md"))
@@ -1097,8 +1098,9 @@ def bench(work: Path, procs: Procs) -> int:
                 if QUICK and script == "tpcb-like" and (proto != "simple" or clients == 1):
                     continue
                 plan.append((script, proto, clients, False))
-    plan.append(("select-only", "simple", CONNECT_CLIENTS, True))
-    rls_protocols = ["simple"] if QUICK else ["simple", "extended"]
+    if CONNECT_CLIENTS > 0:
+        plan.append(("select-only", "simple", CONNECT_CLIENTS, True))
+    rls_protocols = [] if not RLS_CELLS else ["simple"] if QUICK else ["simple", "extended"]
     for proto in rls_protocols:
         plan.append(("rls-select", proto, 20, False))
 
