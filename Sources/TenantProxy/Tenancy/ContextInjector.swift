@@ -2,8 +2,18 @@
 /// in it has been validated (`TenantIdentifier`) and is quoted as a literal; setting names come
 /// from the configuration and are validated at load.
 struct ContextInjector: Sendable {
-    var tenantSetting: String
-    var userSetting: String
+    let tenantSetting: String
+    let userSetting: String
+    /// `resetStatements` without and with search_path, built once: a tenant switch of a pooled
+    /// connection (up to one lend in five at 100 clients on 20 connections) needs one of them.
+    private let resets: (plain: String, searchPath: String)
+
+    init(tenantSetting: String, userSetting: String) {
+        self.tenantSetting = tenantSetting
+        self.userSetting = userSetting
+        let plain = "RESET \(tenantSetting); RESET \(userSetting)"
+        resets = (plain, plain + "; RESET search_path")
+    }
 
     static func isValidSettingName(_ name: String) -> Bool {
         let parts = name.split(separator: ".", omittingEmptySubsequences: false)
@@ -63,19 +73,27 @@ struct ContextInjector: Sendable {
     /// `contains`, which went through CFString on every tenant switch of a pooled connection.
     /// (Not the standard library's `firstRange(of:)` either: it instantiates generic metadata on
     /// every call.)
+    /// (Nor two arrays of the bytes per call: the string's own storage is searched.)
     static func setsSearchPath(_ statements: String) -> Bool {
-        let needle = Array("SET search_path".utf8)
-        let bytes = Array(statements.utf8)
-        guard bytes.count >= needle.count else { return false }
-        return (0...(bytes.count - needle.count)).contains { start in
-            bytes[start] == needle[0] && bytes[start..<start + needle.count].elementsEqual(needle)
+        let needle: StaticString = "SET search_path"
+        var statements = statements
+        return statements.withUTF8 { bytes in
+            let length = needle.utf8CodeUnitCount
+            guard bytes.count >= length else { return false }
+            let first = needle.utf8Start.pointee
+            for start in 0...(bytes.count - length) where bytes[start] == first {
+                var offset = 1
+                while offset < length, bytes[start + offset] == needle.utf8Start[offset] { offset += 1 }
+                if offset == length { return true }
+            }
+            return false
         }
     }
 
     /// The statements that clear a context `statements` set (search_path too, for a tenant with
     /// isolation = schema), as one simple-query string.
     func resetStatements(searchPath: Bool) -> String {
-        "RESET \(tenantSetting); RESET \(userSetting)" + (searchPath ? "; RESET search_path" : "")
+        searchPath ? resets.searchPath : resets.plain
     }
 
     /// Looks a tenant up in the upstream's `tenants` table, with the context already set so the
