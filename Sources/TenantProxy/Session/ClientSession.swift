@@ -724,27 +724,30 @@ final class ClientSession: UpstreamConnectionOwner {
             return attach(idle, for: purpose)
         }
         // The callback captures only the session (no closure context or boxed flag to allocate
-        // per wait): what it needs is in these two fields.
+        // per wait): what it needs is in these fields. The serial tells this borrow's answer
+        // from that of a borrow the answer itself may start (attach runs the client's next bytes).
         borrowPurpose = purpose
-        borrowAnswered = false
+        borrowSerial &+= 1
+        let serial = borrowSerial
         let id = pool.acquire(lane, context: context, tenant: tenantLease) { [self] result in
             poolAnswered(result)
         }
-        // A connection opened or freed at once answers before acquire returns; only a real wait
-        // is recorded. Meanwhile what the client sends is held; reading stops only past
+        // A connection freed at once answers before acquire returns; only a real wait is
+        // recorded. Meanwhile what the client sends is held; reading stops only past
         // heldBytesLimit (toggling it on every wait cost two epoll_ctl calls a transaction).
-        if !borrowAnswered {
+        if answeredSerial != serial {
             waiterID = id
             waitStarted = .now()
         }
     }
 
     private var borrowPurpose: BorrowPurpose = .transaction
-    private var borrowAnswered = false
+    private var borrowSerial = 0
+    private var answeredSerial = 0
 
     /// The pool's answer to `borrow`, at once or after a wait.
     private func poolAnswered(_ result: Result<UpstreamConnection, ProxyError>) {
-        borrowAnswered = true
+        answeredSerial = borrowSerial
         waiterID = nil
         if let started = waitStarted {
             waitStarted = nil
