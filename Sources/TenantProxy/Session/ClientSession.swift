@@ -712,7 +712,7 @@ final class ClientSession: UpstreamConnectionOwner {
             return fail(.upstreamUnavailable)
         }
         if runtime.holdIfPaused(tenant: tenantLease, cluster: lane.key.cluster, session: self) {
-            pausedPurpose = purpose
+            borrowPurpose = purpose
             heldByPause = true
             clientPaused = true
             setClientReading(false)
@@ -741,6 +741,7 @@ final class ClientSession: UpstreamConnectionOwner {
         }
     }
 
+    /// What the borrow waiting for the pool, or held by a pause, is for.
     private var borrowPurpose: BorrowPurpose = .transaction
     private var borrowSerial = 0
     private var answeredSerial = 0
@@ -764,14 +765,12 @@ final class ClientSession: UpstreamConnectionOwner {
         }
     }
 
-    private var pausedPurpose: BorrowPurpose = .transaction
-
     /// RESUME: the borrow a pause held goes ahead (or waits again, if still paused).
     func pauseLifted() {
         guard heldByPause, phase == .relaying || phase == .connectingUpstream else { return }
         heldByPause = false
         if transactionPooling, connection == nil {
-            borrow(for: pausedPurpose)
+            borrow(for: borrowPurpose)
         } else {
             refreshPlacement()
             resumeClient()
