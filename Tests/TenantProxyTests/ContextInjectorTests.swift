@@ -10,6 +10,10 @@ final class ContextInjectorTests: XCTestCase {
         XCTAssertEqual(ContextInjector.literal("naïve \"x\""), "'naïve \"x\"'")
         XCTAssertEqual(ContextInjector.identifier("we\"ird"), "\"we\"\"ird\"")
         XCTAssertEqual(ContextInjector.identifier("it's"), "\"it's\"")
+        // A quote followed by a combining mark is one Character but two things to PostgreSQL:
+        // the quote byte must still be doubled.
+        XCTAssertEqual(ContextInjector.literal("a'\u{301}; SELECT 1"), "'a''\u{301}; SELECT 1'")
+        XCTAssertEqual(ContextInjector.identifier("a\"\u{301}b"), "\"a\"\"\u{301}b\"")
     }
 
     func testStatementsSetTenantSchemaAndUser() {

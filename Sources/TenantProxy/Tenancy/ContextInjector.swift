@@ -34,23 +34,27 @@ struct ContextInjector: Sendable {
     }
 
     static func literal(_ value: String) -> String {
-        quoted(value, by: "'")
+        quoted(value, by: UInt8(ascii: "'"))
     }
 
     static func identifier(_ value: String) -> String {
-        quoted(value, by: "\"")
+        quoted(value, by: UInt8(ascii: "\""))
     }
 
-    /// `quote` + value with each quote doubled + `quote`, without Foundation's string search.
-    private static func quoted(_ value: String, by quote: Character) -> String {
-        var out = String(quote)
-        out.reserveCapacity(value.utf8.count + 2)
-        for character in value {
-            if character == quote { out.append(quote) }
-            out.append(character)
+    /// `quote` + value with each quote byte doubled + `quote`. Bytes, as PostgreSQL reads them:
+    /// by Characters, a quote followed by a combining mark was one Character, not a quote, and
+    /// went through undoubled, ending the literal early. (Also ~20 times cheaper: appending
+    /// Characters cost ~500 instructions each, on every log-in.) A UTF-8 multi-byte sequence
+    /// never contains an ASCII byte, so doubling one cannot split a character.
+    private static func quoted(_ value: String, by quote: UInt8) -> String {
+        var bytes: [UInt8] = [quote]
+        bytes.reserveCapacity(value.utf8.count + 2)
+        for byte in value.utf8 {
+            if byte == quote { bytes.append(quote) }
+            bytes.append(byte)
         }
-        out.append(quote)
-        return out
+        bytes.append(quote)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// The statements that set the context, as one simple-query string; nil when there is nothing
