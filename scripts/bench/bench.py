@@ -22,6 +22,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -869,9 +870,8 @@ def round_ratios(rounds: dict[tuple, list[dict[str, Cell]]]) -> list[str]:
                 mine, ref = r.get(key), r.get("pgbouncer")
                 ok = mine and ref and mine.tps and ref.tps and not mine.error and not ref.error
                 ratios.append(mine.tps / ref.tps if ok else None)
-            measured = sorted(x for x in ratios if x is not None)
-            median = (measured[len(measured) // 2] if len(measured) % 2 else
-                      (measured[len(measured) // 2 - 1] + measured[len(measured) // 2]) / 2) if measured else None
+            measured = [x for x in ratios if x is not None]
+            median = statistics.median(measured) if measured else None
             lines.append(f"| {runs[0][key].label} | {script}{' -C' if connect else ''} | {proto} | {clients} | "
                          + " | ".join(fmt(x) if x is not None else "—" for x in ratios)
                          + f" | {fmt(median)} |")

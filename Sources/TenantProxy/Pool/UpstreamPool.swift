@@ -377,9 +377,8 @@ final class UpstreamPool {
         for offset in 0..<lane.waiters.slots {
             let waiter = lane.waiters.slot(offset)
             guard !waiter.gone, waiter !== head else { continue }
-            // Hashes first: a string is compared only when they match.
-            let hash = waiter.context.hash
-            for connection in lane.idle where connection.contextKey.hash == hash && connection.contextKey == waiter.context {
+            // ContextKey's == compares hashes first: a string only when they match.
+            for connection in lane.idle where connection.contextKey == waiter.context {
                 return (head, waiter)
             }
             looked += 1
