@@ -1,6 +1,7 @@
 """Transaction pooling through tenant-proxy ([pool] mode = "transaction").
 
-Many clients over few upstream connections, tenants interleaved on shared connections, the
+Many clients over few upstream connections, tenants interleaved on shared connections (also
+2,000 asyncpg clients of 24 tenants at once, each checking that every row it reads is its own), the
 statements refused in transaction mode (0A000) and the transaction-scoped ones allowed, tracked
 settings restored on every lent connection, named prepared statements across lent connections
 (psycopg, asyncpg, a raw extended-protocol client, pgbench -M prepared), pool and tenant limits
@@ -188,6 +189,89 @@ def test_tenants_interleaved_on_shared_connections(make_pool_tproxy, pool_tclust
             expected[tenant] = expected.get(tenant, 0) + 8
         assert per_tenant == expected
     finally:
+        with pool_tcluster.su(ts.APP_DB) as c:
+            c.execute("DELETE FROM todos WHERE title LIKE %s", (marker + ":%",))
+
+
+# 2,000 clients of 24 tenants at once on 8 upstream connections: every client logs in (SCRAM),
+# all are connected together, then each runs transactions that insert and read its tenant's rows
+# through asyncpg's named statements; every row any client reads must be its own tenant's.
+SCALE_TENANTS = {f"scale{n:02d}": f"5ca1e000-0000-4000-8000-{n:012d}" for n in range(1, 25)}
+SCALE_CLIENTS = 2000
+SCALE_TRANSACTIONS = 3
+
+
+@pytest.mark.timeout_s(420)
+def test_thousands_of_clients_many_tenants(pool_tcluster, tmp_path):
+    with pool_tcluster.su(ts.APP_DB) as c:
+        for name, tid in SCALE_TENANTS.items():
+            c.execute("INSERT INTO public.tenants (id, name) VALUES (%s, %s) "
+                      "ON CONFLICT (id) DO NOTHING", (tid, name))
+    tenants = {name: dict(t) for name, t in ts.TENANTS.items()}
+    for name, tid in SCALE_TENANTS.items():
+        tenants[name] = {"id": tid, "status": "active", "isolation": "rls"}
+    size = 8
+    cfg = ts.proxy_config(pool_tcluster, log_level="warning", extra=ps.pool_extra(size=size))
+    p = ts.TenancyProxy(tmp_path / "scale-proxy", cfg, ts.render_map(tenants, ps.POOL_USERS))
+    p.start()
+    marker = f"scale-{ts.new_uuid()[:8]}"
+    names = list(SCALE_TENANTS)
+
+    async def client(i: int, connected: asyncio.Event, count: list[int], gate: asyncio.Semaphore):
+        tenant = names[i % len(names)]
+        own = SCALE_TENANTS[tenant]
+        try:
+            async with gate:   # log-ins 100 at a time; the transactions below all run together
+                conn = await asyncpg.connect(host=p.host, port=p.port, user=f"star.{tenant}",
+                                             password=ps.password_of("star"),
+                                             database=ts.APP_DB, ssl=False, timeout=60)
+        except BaseException:
+            connected.set()   # the others need not wait for a client that will not come
+            raise
+        try:
+            count[0] += 1
+            if count[0] == SCALE_CLIENTS:
+                connected.set()
+            await asyncio.wait_for(connected.wait(), 240)
+            for n in range(SCALE_TRANSACTIONS):
+                title = f"{marker}:{tenant}:{i}:{n}"
+                async with conn.transaction():
+                    setting = await conn.fetchval("SELECT current_setting('nile.tenant_id')")
+                    assert setting == own, f"client {i} ({tenant}) txn {n}: context {setting}"
+                    await conn.execute("INSERT INTO todos (tenant_id, title) VALUES ($1, $2)",
+                                       own, title)
+                    rows = await conn.fetch("SELECT tenant_id::text AS t, title FROM todos "
+                                            "WHERE title LIKE $1", marker + ":%")
+                foreign = [tuple(r) for r in rows if r["t"] != own]
+                assert not foreign, f"client {i} ({tenant}) txn {n} read {foreign[:3]}"
+                assert (own, title) in [tuple(r) for r in rows], \
+                    f"client {i} ({tenant}) txn {n}: its own insert is not visible"
+        finally:
+            await conn.close()
+
+    async def main():
+        connected, count, gate = asyncio.Event(), [0], asyncio.Semaphore(100)
+        return await asyncio.gather(*(client(i, connected, count, gate)
+                                      for i in range(SCALE_CLIENTS)), return_exceptions=True)
+
+    try:
+        with ps.BackendMonitor(lambda: ps.backend_count(pool_tcluster.srv, ts.PROXY_ROLE,
+                                                        ts.APP_DB)) as mon:
+            results = asyncio.run(main())
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, (f"{len(errors)} of {SCALE_CLIENTS} clients failed, first: "
+                            f"{errors[0]!r}" + proxy_info(p))
+        assert p.alive(), "the proxy died" + proxy_info(p)
+        assert 1 <= mon.max <= size, (mon.max, sorted(set(mon.samples)))
+        # every row carries the tenant its writer named in the title, and nothing is missing
+        with pool_tcluster.su(ts.APP_DB) as c:
+            rows = c.execute("SELECT tenant_id::text, title FROM todos WHERE title LIKE %s",
+                             (marker + ":%",)).fetchall()
+        assert len(rows) == SCALE_CLIENTS * SCALE_TRANSACTIONS
+        for tid, title in rows:
+            assert tid == SCALE_TENANTS[title.split(":")[1]], f"row {title!r} belongs to {tid}"
+    finally:
+        p.terminate()
         with pool_tcluster.su(ts.APP_DB) as c:
             c.execute("DELETE FROM todos WHERE title LIKE %s", (marker + ":%",))
 
