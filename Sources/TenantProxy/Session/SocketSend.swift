@@ -1,3 +1,4 @@
+@_spi(Reflection) import Swift
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -16,11 +17,11 @@ import NIOCore
 /// take at once (a full socket buffer), so backpressure, errors and closing stay NIO's.
 ///
 /// NIO does not publish a channel's descriptor. `descriptor(of:)` reads it from the channel's
-/// socket object (stored properties `socket` and `descriptor`, read by reflection at places
-/// found once per class), and uses it only if the kernel confirms that this descriptor is the
-/// channel's connection (same local and remote address and port). Anything else (another NIO
-/// layout, an EmbeddedChannel, a Unix socket) gives nil and NIO's write path; a test fails if a
-/// NIO release changes the layout, so the fast path is never lost silently.
+/// socket object (stored properties `socket` and `descriptor`, at offsets the runtime's field
+/// metadata gives once per class), and uses it only if the kernel confirms that this descriptor
+/// is the channel's connection (same local and remote address and port). Anything else (another
+/// NIO layout, an EmbeddedChannel, a Unix socket) gives nil and NIO's write path; a test fails if
+/// a NIO release changes the layout, so the fast path is never lost silently.
 ///
 /// A descriptor number is reused once closed, so a send must never happen after NIO closed the
 /// socket: NIO closes it only on the channel's event loop, inside `close0`, and marks the
@@ -30,59 +31,64 @@ enum SocketSend {
     /// The connected TCP socket under `channel`, verified against the channel's addresses.
     static func descriptor(of channel: Channel) -> CInt? {
         guard let local = channel.localAddress, let remote = channel.remoteAddress,
-              let socket = storedProperty("socket", of: channel),
-              let descriptor = storedProperty("descriptor", of: socket) as? CInt, descriptor >= 0,
+              let socket: AnyObject = storedProperty("socket", of: channel),
+              let descriptor: CInt = storedProperty("descriptor", of: socket), descriptor >= 0,
               sameAddress(local, descriptor, getsockname),
               sameAddress(remote, descriptor, getpeername)
         else { return nil }
         return descriptor
     }
 
-    /// Where a stored property was found: how many superclasses up, at which child index.
-    private struct Place {
-        let depth: Int
-        let index: Int
+    /// A stored property's offset in instances of a class, and its declared type.
+    private struct Field {
+        let offset: Int
+        let type: Any.Type
     }
 
-    private struct PlaceKey: Hashable {
+    private struct FieldKey: Hashable {
         let type: ObjectIdentifier
         let label: String
     }
 
-    /// Places by class and property: searching a class's children materialises each one (its
-    /// field type resolved, its value boxed), about 100,000 instructions per connection; with
-    /// the place known, one child is read (about 33,000 for both properties; a log-in costs about
-    /// 410,000). NIO's description of the socket ("BaseSocket { fd=12 }") was dearer to format
-    /// and parse than the second property.
-    private static let places = NIOLockedValueBox<[PlaceKey: Place]>([:])
+    /// Fields by class and name (nil: the class has none of that name), looked up once per
+    /// class. Reading a property through `Mirror` materialised its children (field types
+    /// resolved, values boxed): about 37,000 instructions per connection for the two, with
+    /// their places known; about 410,000 for a whole log-in.
+    private static let fields = NIOLockedValueBox<[FieldKey: Field?]>([:])
 
-    /// A stored property of an object by name, from its class or one of its superclasses.
-    private static func storedProperty(_ label: String, of object: Any) -> Any? {
-        let key = PlaceKey(type: ObjectIdentifier(type(of: object) as Any.Type), label: label)
-        if let place = places.withLockedValue({ $0[key] }) {
-            var mirror = Mirror(reflecting: object)
-            for _ in 0..<place.depth {
-                guard let superclass = mirror.superclassMirror else { return nil }
-                mirror = superclass
-            }
-            let children = mirror.children
-            guard let at = children.index(children.startIndex, offsetBy: place.index, limitedBy: children.endIndex),
-                  at != children.endIndex
-            else { return nil }
-            let child = children[at]
-            return child.label == label ? child.value : nil
+    /// A stored property of `object` (declared in its class or a superclass) when it has the
+    /// type asked for: a class reference (`AnyObject`) or a plain value such as `CInt`.
+    private static func storedProperty<Value>(_ label: String, of object: AnyObject) -> Value? {
+        let key = FieldKey(type: ObjectIdentifier(type(of: object)), label: label)
+        let cached = fields.withLockedValue { $0[key] }
+        let found: Field?
+        if let cached {
+            found = cached
+        } else {
+            found = field(label, in: type(of: object))
+            fields.withLockedValue { $0[key] = .some(found) }
         }
-        var mirror: Mirror? = Mirror(reflecting: object)
-        var depth = 0
-        while let current = mirror {
-            for (index, child) in current.children.enumerated() where child.label == label {
-                places.withLockedValue { $0[key] = Place(depth: depth, index: index) }
-                return child.value
-            }
-            mirror = current.superclassMirror
-            depth += 1
+        guard let field = found else { return nil }
+        // Only a field of exactly the type read: a native class reference is one strong pointer
+        // (loaded as AnyObject, retained); a CInt is four bytes.
+        if Value.self == AnyObject.self {
+            guard field.type is AnyClass else { return nil }
+        } else if field.type != Value.self {
+            return nil
         }
-        return nil
+        return withExtendedLifetime(object) {
+            Unmanaged.passUnretained(object).toOpaque().load(fromByteOffset: field.offset, as: Value.self)
+        }
+    }
+
+    private static func field(_ label: String, in type: AnyClass) -> Field? {
+        var found: Field?
+        _ = _forEachField(of: type, options: .classType) { name, offset, fieldType, _ in
+            guard String(cString: name) == label else { return true }
+            found = Field(offset: offset, type: fieldType)
+            return false
+        }
+        return found
     }
 
     private typealias AddressQuery = (CInt, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<socklen_t>?) -> CInt
