@@ -268,7 +268,7 @@ public struct SCRAMServerExchange: Sendable {
         let withoutProof = parts[0..<(parts.count - 1)].joined(separator: ",")
         let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
 
-        let clientSignature = SCRAMPrimitives.hmac(key: verifier.storedKey, authMessage)
+        let clientSignature = verifier.macs.clientSignature(authMessage)
         let clientKey = SCRAMPrimitives.xor(proof, clientSignature)
         let computedStoredKey = SCRAMPrimitives.sha256(clientKey)
         let proofMatches = constantTimeEquals(computedStoredKey, verifier.storedKey)
@@ -276,7 +276,7 @@ public struct SCRAMServerExchange: Sendable {
             throw SCRAMError(.invalidProof, "password authentication failed")
         }
 
-        let serverSignature = SCRAMPrimitives.hmac(key: verifier.serverKey, authMessage)
+        let serverSignature = verifier.macs.serverSignature(authMessage)
         state = .done
         return Array("v=\(SCRAMBase64.encode(serverSignature))".utf8)
     }

@@ -1,3 +1,5 @@
+import Crypto
+
 /// PostgreSQL's stored verifier: "SCRAM-SHA-256$<iterations>:<base64 salt>$<base64 StoredKey>:<base64 ServerKey>"
 ///
 /// This is the form found in `pg_authid.rolpassword` and accepted in the proxy's users file.
@@ -8,9 +10,12 @@ public struct SCRAMVerifier: Equatable, Sendable {
     /// The salt used to derive SaltedPassword.
     public var salt: [UInt8]
     /// StoredKey = SHA-256(HMAC(SaltedPassword, "Client Key")), 32 bytes.
-    public var storedKey: [UInt8]
+    public let storedKey: [UInt8]
     /// ServerKey = HMAC(SaltedPassword, "Server Key"), 32 bytes.
-    public var serverKey: [UInt8]
+    public let serverKey: [UInt8]
+    /// HMAC-SHA256 keyed with each key, made once with the verifier: a log-in copies them
+    /// instead of keying two HMACs (their key pads hashed again, about 30,000 instructions).
+    let macs: SCRAMKeyedMACs
 
     /// The scheme prefix of the stored form.
     static let prefix = "SCRAM-SHA-256$"
@@ -21,6 +26,11 @@ public struct SCRAMVerifier: Equatable, Sendable {
         self.salt = salt
         self.storedKey = storedKey
         self.serverKey = serverKey
+        self.macs = SCRAMKeyedMACs(storedKey: storedKey, serverKey: serverKey)
+    }
+
+    public static func == (a: SCRAMVerifier, b: SCRAMVerifier) -> Bool {
+        a.iterations == b.iterations && a.salt == b.salt && a.storedKey == b.storedKey && a.serverKey == b.serverKey
     }
 
     /// Parses PostgreSQL's stored form.
@@ -85,5 +95,29 @@ public struct SCRAMVerifier: Equatable, Sendable {
     /// The stored form, "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>".
     public var stringValue: String {
         "\(Self.prefix)\(iterations):\(SCRAMBase64.encode(salt))$\(SCRAMBase64.encode(storedKey)):\(SCRAMBase64.encode(serverKey))"
+    }
+}
+
+/// HMAC-SHA256 keyed with a verifier's StoredKey and ServerKey, not yet fed: each copy authenticates
+/// one message.
+struct SCRAMKeyedMACs: Sendable {
+    let stored: HMAC<SHA256>
+    let server: HMAC<SHA256>
+
+    init(storedKey: [UInt8], serverKey: [UInt8]) {
+        stored = HMAC(key: SymmetricKey(data: storedKey))
+        server = HMAC(key: SymmetricKey(data: serverKey))
+    }
+
+    /// HMAC(StoredKey, message): the ClientSignature of an AuthMessage.
+    func clientSignature(_ message: [UInt8]) -> [UInt8] { Self.code(stored, message) }
+
+    /// HMAC(ServerKey, message): the ServerSignature of an AuthMessage.
+    func serverSignature(_ message: [UInt8]) -> [UInt8] { Self.code(server, message) }
+
+    private static func code(_ keyed: HMAC<SHA256>, _ message: [UInt8]) -> [UInt8] {
+        var mac = keyed
+        message.withUnsafeBytes { mac.update(data: $0) }
+        return Array(mac.finalize())
     }
 }
