@@ -529,6 +529,27 @@ def test_timezone_parameter_status_per_client(one_conn_proxy, db):
                              ).fetchone()[0] == "2024-01-01 09:00:00+09"
 
 
+def test_log_in_reports_each_clients_own_parameters(one_conn_proxy, db):
+    """The ParameterStatus messages of a log-in carry the client's own startup values over the
+    pool's, also for later clients of the same settings (the proxy encodes them once per
+    settings) and after clients of other settings."""
+    p = one_conn_proxy
+    prime(lambda: ps.psycopg_connect(p, db))
+    tokyo = dict(application_name="alpha", options="-c TimeZone=Asia/Tokyo")
+    plain = dict(application_name="beta")
+    seen = []
+    for kw in (tokyo, plain, tokyo, plain, tokyo):
+        with ps.psycopg_connect(p, db, **kw) as c:
+            seen.append((param_status(c, "application_name"), param_status(c, "TimeZone"),
+                         param_status(c, "server_version"), param_status(c, "DateStyle")))
+            assert c.execute("SHOW TimeZone").fetchone()[0] == seen[-1][1]
+    default_zone = seen[1][1]
+    assert default_zone != "Asia/Tokyo"
+    assert [s[:2] for s in seen] == [("alpha", "Asia/Tokyo"), ("beta", default_zone)] * 2 + \
+        [("alpha", "Asia/Tokyo")]
+    assert len({s[2:] for s in seen}) == 1 and seen[0][2] and seen[0][3], seen
+
+
 def test_application_name_startup_parameter_restored(one_conn_proxy, db):
     p = one_conn_proxy
     with ps.psycopg_connect(p, db, application_name="pool-app-A") as a, \

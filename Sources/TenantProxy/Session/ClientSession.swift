@@ -879,20 +879,25 @@ final class ClientSession: UpstreamConnectionOwner {
     private func becomeReady() {
         guard let proxyKey else { return }
         phase = .relaying
-        var messages: [BackendMessage] = [.authentication(.ok)]
-        var reported = startupParameters
+        var buffer = client.allocator.buffer(capacity: 512)
+        BackendMessage.authentication(.ok).encode(into: &buffer)
         if transactionPooling {
-            // The pool's connections started without the client's parameters; report the client's own.
-            for index in reported.indices {
-                if let value = desiredSettings[reported[index].name.lowercased()] { reported[index].value = value }
-            }
+            // The pool's connections started without the client's parameters; report the client's
+            // own (the lane's server parameters are the ones in startupParameters).
             prepared = PreparedStatements(sessionID: proxyKey.processID)
+            if let statuses = lane?.parameterStatuses(for: desiredSettings, allocator: client.allocator) {
+                buffer.writeImmutableBuffer(statuses)
+            } else {
+                ParameterStatus.encode(startupParameters, as: desiredSettings, into: &buffer)
+            }
+        } else {
+            for parameter in startupParameters { BackendMessage.parameterStatus(parameter).encode(into: &buffer) }
         }
-        messages += reported.map { .parameterStatus($0) }
-        messages.append(.backendKeyData(proxyKey))
-        messages.append(.readyForQuery(ReadyForQuery(status: .idle)))
+        BackendMessage.backendKeyData(proxyKey).encode(into: &buffer)
+        BackendMessage.readyForQuery(ReadyForQuery(status: .idle)).encode(into: &buffer)
         startupParameters = []
-        writeToClient(messages, flush: true)
+        clientOut.write(buffer)
+        clientOut.flush()
         // The logger (with this session's metadata) costs more to build than the rest of a log-in.
         if runtime.logger.logLevel <= .debug { logger.debug("session ready") }
         resumeClient()

@@ -1,4 +1,6 @@
 import NIOConcurrencyHelpers
+import NIOCore
+import PGWire
 
 /// A client's session settings (startup parameters and options, and tracked parameters it SET
 /// later; lower-case names), restored on every connection lent to it in transaction mode.
@@ -13,6 +15,18 @@ final class SessionSettings {
     }
 
     subscript(name: String) -> String? { values[name] }
+}
+
+extension ParameterStatus {
+    /// `parameters` as ParameterStatus messages, each with the value `settings` gives its name
+    /// where there is one: what a transaction-mode client is told, since the pool's connections
+    /// started without its parameters.
+    static func encode(_ parameters: [ParameterStatus], as settings: SessionSettings, into buffer: inout ByteBuffer) {
+        for var parameter in parameters {
+            if let value = settings[parameter.name.lowercased()] { parameter.value = value }
+            BackendMessage.parameterStatus(parameter).encode(into: &buffer)
+        }
+    }
 }
 
 /// Hands out one shared value per distinct key: used at log-in and when a client changes a
