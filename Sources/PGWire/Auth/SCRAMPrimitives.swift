@@ -28,22 +28,31 @@ enum SCRAMPrimitives {
     }
 
     static func hmac(key: [UInt8], _ data: [UInt8]) -> [UInt8] {
-        Array(HMAC<SHA256>.authenticationCode(for: data, using: SymmetricKey(data: key)))
+        bytes(HMAC<SHA256>.authenticationCode(for: data, using: SymmetricKey(data: key)))
+    }
+
+    /// A digest's or MAC's bytes, copied at once (`Array(digest)` iterates it byte by byte).
+    static func bytes(_ digest: SHA256.Digest) -> [UInt8] {
+        digest.withUnsafeBytes { Array($0) }
+    }
+
+    static func bytes(_ code: HashedAuthenticationCode<SHA256>) -> [UInt8] {
+        code.withUnsafeBytes { Array($0) }
     }
 
     static func sha256(_ data: [UInt8]) -> [UInt8] {
-        Array(SHA256.hash(data: data))
+        bytes(SHA256.hash(data: data))
     }
 
     /// PBKDF2-HMAC-SHA256 producing one 32-byte block: SCRAM's Hi(password, salt, i).
     static func saltedPassword(_ password: [UInt8], salt: [UInt8], iterations: Int) -> [UInt8] {
         precondition(iterations >= 1, "SCRAM iteration count must be at least 1")
         let key = SymmetricKey(data: password)
-        var u = Array(HMAC<SHA256>.authenticationCode(for: salt + [0, 0, 0, 1], using: key))
+        var u = bytes(HMAC<SHA256>.authenticationCode(for: salt + [0, 0, 0, 1], using: key))
         var result = u
         var remaining = iterations - 1
         while remaining > 0 {
-            u = Array(HMAC<SHA256>.authenticationCode(for: u, using: key))
+            u = bytes(HMAC<SHA256>.authenticationCode(for: u, using: key))
             for j in 0..<result.count {
                 result[j] ^= u[j]
             }

@@ -265,8 +265,15 @@ public struct SCRAMServerExchange: Sendable {
         }
 
         // AuthMessage = client-first-message-bare "," server-first-message "," client-final-message-without-proof
-        let withoutProof = parts[0..<(parts.count - 1)].joined(separator: ",")
-        let authMessage = Array("\(clientFirstBare),\(serverFirst),\(withoutProof)".utf8)
+        // (the message up to the comma before the proof, which is its last attribute)
+        let withoutProof = message[..<(message.lastIndex(of: UInt8(ascii: ",")) ?? message.endIndex)]
+        var authMessage: [UInt8] = []
+        authMessage.reserveCapacity(clientFirstBare.utf8.count + serverFirst.utf8.count + withoutProof.count + 2)
+        authMessage += clientFirstBare.utf8
+        authMessage.append(UInt8(ascii: ","))
+        authMessage += serverFirst.utf8
+        authMessage.append(UInt8(ascii: ","))
+        authMessage += withoutProof
 
         let clientSignature = verifier.macs.clientSignature(authMessage)
         let clientKey = SCRAMPrimitives.xor(proof, clientSignature)

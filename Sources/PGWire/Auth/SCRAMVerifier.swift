@@ -118,6 +118,6 @@ struct SCRAMKeyedMACs: Sendable {
     private static func code(_ keyed: HMAC<SHA256>, _ message: [UInt8]) -> [UInt8] {
         var mac = keyed
         message.withUnsafeBytes { mac.update(data: $0) }
-        return Array(mac.finalize())
+        return SCRAMPrimitives.bytes(mac.finalize())
     }
 }
