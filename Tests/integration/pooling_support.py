@@ -202,11 +202,20 @@ POOL_USERS.update({
 })
 
 
-def pool_map() -> str:
+def pool_map(more: dict[str, str] | None = None) -> str:
+    """The tenant map: the tenancy tests' tenants, EXTRA_TENANTS and `more` (name -> id)."""
     tenants = {name: dict(t) for name, t in ts.TENANTS.items()}
-    for name, tid in EXTRA_TENANTS.items():
+    for name, tid in {**EXTRA_TENANTS, **(more or {})}.items():
         tenants[name] = {"id": tid, "status": "active", "isolation": "rls"}
     return ts.render_map(tenants, POOL_USERS)
+
+
+def add_tenants(cluster: ts.TenancyCluster, tenants: dict[str, str]):
+    """Rows in public.tenants (name -> id), kept if already there."""
+    with cluster.su(ts.APP_DB) as conn:
+        for name, tid in tenants.items():
+            conn.execute("INSERT INTO public.tenants (id, name) VALUES (%s, %s) "
+                         "ON CONFLICT (id) DO NOTHING", (tid, name))
 
 
 def password_of(user: str) -> str:
@@ -223,10 +232,7 @@ def pool_tcluster():
     """A cluster with deploy/sql 01..05 and four more tenants in public.tenants."""
     c = ts.TenancyCluster().start()
     try:
-        with c.su(ts.APP_DB) as conn:
-            for name, tid in EXTRA_TENANTS.items():
-                conn.execute("INSERT INTO public.tenants (id, name) VALUES (%s, %s) "
-                             "ON CONFLICT (id) DO NOTHING", (tid, name))
+        add_tenants(c, EXTRA_TENANTS)
         yield c
     finally:
         c.destroy()

@@ -395,9 +395,7 @@ final class UpstreamPool {
             let waiter = lane.waiters.slot(offset)
             guard !waiter.gone, waiter !== head else { continue }
             // ContextKey's == compares hashes first: a string only when they match.
-            for connection in lane.idle where connection.contextKey == waiter.context {
-                return (head, waiter)
-            }
+            if lane.idle.contains(where: { $0.contextKey == waiter.context }) { return (head, waiter) }
             looked += 1
             if looked == Self.affinityWindow { break }
         }
