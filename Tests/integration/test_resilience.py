@@ -265,7 +265,8 @@ def test_sigterm_drains_open_session_then_exits_0(make_proxy, db):
 
 @pytest.mark.timeout_s(120)
 def test_sigterm_lets_running_statement_finish(make_proxy, pg, db):
-    """A statement in flight when SIGTERM arrives completes and its result reaches the client."""
+    """A statement in flight when SIGTERM arrives completes and its result reaches the client;
+    the client's next statement is told the proxy is going away (57P01)."""
     p = make_proxy(shutdown_timeout=60)
     mark = "drain_" + os.urandom(4).hex()
     with pg.admin(db) as blocker, psycopg.connect(p.endpoint(db).dsn(), autocommit=True) as conn:
@@ -292,6 +293,10 @@ def test_sigterm_lets_running_statement_finish(make_proxy, pg, db):
         assert not t.is_alive()
         assert "error" not in result, result.get("error")
         assert result["rows"] == [("", "finished")]
+        # the session ends at that boundary, as the answer to its next statement
+        with pytest.raises(psycopg.errors.AdminShutdown) as ended:
+            conn.execute("SELECT 1")
+        assert ended.value.sqlstate == "57P01", repr(ended.value)
     assert p.proc.wait(timeout=40) == 0, p.stderr()
 
 

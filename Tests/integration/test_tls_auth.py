@@ -1179,6 +1179,29 @@ def test_jwt_session_ends_after_expiry_psycopg(make_tlsproxy, keys, claims):
         conn.close()
 
 
+@pytest.mark.timeout_s(90)
+def test_jwt_expiry_during_a_query_is_the_next_querys_error_psycopg(make_tlsproxy, keys, claims):
+    """The token expires while a query runs: the query's result arrives whole, and the session's
+    end is the answer to the next query (28000 with its text), not an error libpq reads right
+    behind the ReadyForQuery, while idle, and reports only as a notice."""
+    p = make_tlsproxy(jwt={"leeway_seconds": 0})
+    exp = int(time.time()) + 3
+    token = keys.remember(keys.hs.sign(claims.make("globex", BOB_UID, exp_in=None,
+                                                   extra={"exp": exp})))
+    conn = psycopg.connect(**psycopg_params(p, "jwtu", token))
+    try:
+        # the query is in flight when the token expires: it still gets its answer
+        started = time.time()
+        assert conn.execute("SELECT pg_sleep(%s), 1", (exp - started + 1,)).fetchone()[1] == 1
+        assert started < exp <= time.time()
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("SELECT 1")
+        assert ts.sqlstate_of(caught.value) == "28000", repr(caught.value)
+        assert "token expired" in str(caught.value), str(caught.value)
+    finally:
+        conn.close()
+
+
 # =============================================================================================
 # SNI
 

@@ -669,7 +669,7 @@ final class ClientSession: UpstreamConnectionOwner {
             guard let self else { return }
             tokenExpired = true
             if phase == .relaying, transactionStatus == .idle, !awaitingReply {
-                fail(.tokenExpired)
+                endAtBoundary()
             }
         }
     }
@@ -1029,6 +1029,7 @@ final class ClientSession: UpstreamConnectionOwner {
     // MARK: - Relaying client messages
 
     private func relayClientMessages(_ buffer: inout ByteBuffer) throws {
+        if tokenExpired || runtime.isDraining, buffer.readableBytes > 0, endIfDue() { return }
         guard let upstream = connection else {
             // Transaction pooling between transactions: borrow for the next message, unless it
             // is the client leaving.
@@ -1607,13 +1608,9 @@ final class ClientSession: UpstreamConnectionOwner {
             upstreamPending = nil
             if clientPending != nil { resumeClient() }
         }
-        if phase == .relaying, transactionStatus == .idle, !awaitingReply {
+        if phase == .relaying, transactionStatus == .idle, !awaitingReply, runtime.isDraining || tokenExpired {
             // Between transactions: a draining proxy or an expired token ends the session here.
-            if runtime.isDraining {
-                fail(.shuttingDown)
-            } else if tokenExpired {
-                fail(.tokenExpired)
-            }
+            endAtBoundary()
         }
     }
 
@@ -1691,8 +1688,8 @@ final class ClientSession: UpstreamConnectionOwner {
     // MARK: - Shutdown
 
     /// Called on the session's loop when the proxy drains. Sessions keep working; each ends with
-    /// FATAL 57P01 at its next transaction boundary (after the ReadyForQuery of its next
-    /// statement), never inside a transaction. A session still logging in is refused.
+    /// FATAL 57P01 at its next transaction boundary (see endAtBoundary), never inside a
+    /// transaction. A session still logging in is refused.
     func drain() {
         guard phase != .closed else { return }
         if phase == .startup {
@@ -1702,7 +1699,7 @@ final class ClientSession: UpstreamConnectionOwner {
         } else if phase == .relaying, transactionStatus == .idle, !awaitingReply, connection == nil || !transactionPooling,
                   clientPending == nil {
             // Idle between transactions: nothing is lost by ending now.
-            fail(.shuttingDown)
+            endAtBoundary()
         }
     }
 
@@ -1809,6 +1806,35 @@ final class ClientSession: UpstreamConnectionOwner {
         guard phase != .closed else { return }
         writeToClient([.errorResponse(error)], flush: true)
         close()
+    }
+
+    /// How long a session that must end at a transaction boundary (expired token, drain) waits
+    /// for the client's next message before it ends unasked.
+    static let boundaryEndDelay: TimeAmount = .milliseconds(100)
+
+    /// Ends the session between transactions (an expired token, a draining proxy) with its FATAL
+    /// error as the answer to the client's next message, or after `boundaryEndDelay` if none
+    /// comes. Not at once: an error written right behind the ReadyForQuery just relayed is read
+    /// in the same pass, while libpq is idle, and libpq takes it for a notice; the application
+    /// then sees only "connection closed" on its next query, with no SQLSTATE.
+    private func endAtBoundary() {
+        tokenTimer?.cancel()
+        tokenTimer = client.eventLoop.scheduleTask(in: Self.boundaryEndDelay) { [weak self] in
+            _ = self?.endIfDue()
+        }
+    }
+
+    /// Ends the session if it is between transactions and must end there; true when it did.
+    private func endIfDue() -> Bool {
+        guard phase == .relaying, transactionStatus == .idle, !awaitingReply else { return false }
+        if runtime.isDraining {
+            fail(.shuttingDown)
+        } else if tokenExpired {
+            fail(.tokenExpired)
+        } else {
+            return false
+        }
+        return true
     }
 
     /// Sends the error to the client and closes both connections.
