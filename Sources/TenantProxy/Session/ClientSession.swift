@@ -664,7 +664,9 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private func watchExpiry(of token: VerifiedToken) {
         guard let expiry = token.expiresAt else { return }
-        let milliseconds = Int64(max(0, expiry.timeIntervalSinceNow) * 1000)
+        // Rounded up, plus a millisecond: the timer (monotonic clock) must not fire before the
+        // token's exp (wall clock), or a client could be told "expired" while it is not.
+        let milliseconds = Int64((max(0, expiry.timeIntervalSinceNow) * 1000).rounded(.up)) + 1
         tokenTimer = client.eventLoop.scheduleTask(in: .milliseconds(milliseconds)) { [weak self] in
             guard let self else { return }
             tokenExpired = true
