@@ -85,7 +85,7 @@ final class UpstreamConnection {
         self.channel = channel
         // The connector returns the channel with TLS (if any) in place.
         let tls = (try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)) != nil
-        self.out = LoopWriter(channel, direct: !tls)
+        self.out = LoopWriter(channel, direct: !tls, reusesBatch: true)
         self.scratch = channel.allocator.buffer(capacity: 64)
         self.key = key
         self.lane = lane

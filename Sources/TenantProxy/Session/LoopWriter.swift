@@ -49,14 +49,22 @@ struct LoopWriter {
     /// Small buffers after `held`, copied behind its bytes; made when needed and handed on whole,
     /// so an idle session keeps no buffer of its own here.
     private var batch: ByteBuffer?
+    /// With `reusesBatch`: the last batch's storage, kept when the kernel took all of it, for
+    /// the next batch (no allocation per renamed Bind). Only upstream connections' writers keep
+    /// one (a few per pool); a client's writer does not, so an idle client holds none.
+    private var spare: ByteBuffer?
+    private let reusesBatch: Bool
     private var unflushed = false
 
     /// Buffers up to this size are coalesced; bigger ones are written as they are.
     static let coalesceLimit = 2048
+    /// A batch's storage is kept for the next one up to this capacity.
+    static let spareLimit = 16 * 1024
 
     /// `direct`: nothing in the channel's pipeline handles outbound data (no TLS), so writes may
     /// skip it.
-    init(_ channel: Channel, direct: Bool) {
+    init(_ channel: Channel, direct: Bool, reusesBatch: Bool = false) {
+        self.reusesBatch = reusesBatch
         self.pipeline = channel.pipeline
         self.allocator = channel.allocator
         self.core = channel._channelCore
@@ -80,11 +88,13 @@ struct LoopWriter {
         descriptor = -1
     }
 
-    private mutating func pass(_ buffer: ByteBuffer) {
+    /// Sends or queues `buffer`; true when NIO holds (some of) it, false when the kernel took it all.
+    @discardableResult
+    private mutating func pass(_ buffer: ByteBuffer) -> Bool {
         if descriptor >= 0 {
             var rest = buffer
             if !queuedSinceFlush, backlog?.writes ?? 0 == 0, channel.isActive {
-                guard let unsent = SocketSend.send(buffer, on: descriptor) else { return }
+                guard let unsent = SocketSend.send(buffer, on: descriptor) else { return false }
                 rest = unsent
             }
             queuedSinceFlush = true
@@ -94,6 +104,7 @@ struct LoopWriter {
         } else {
             pipeline.syncOperations.write(NIOAny(buffer), promise: nil)
         }
+        return true
     }
 
     mutating func write(_ buffer: ByteBuffer) {
@@ -106,7 +117,14 @@ struct LoopWriter {
         if batch != nil {
             batch!.writeImmutableBuffer(buffer)
         } else if let first = held {
-            var joined = allocator.buffer(capacity: first.readableBytes + buffer.readableBytes + 128)
+            var joined: ByteBuffer
+            if spare != nil {
+                joined = spare!
+                spare = nil
+                joined.clear()   // unique now: no allocation
+            } else {
+                joined = allocator.buffer(capacity: first.readableBytes + buffer.readableBytes + 128)
+            }
             joined.writeImmutableBuffer(first)
             joined.writeImmutableBuffer(buffer)
             held = nil
@@ -143,7 +161,7 @@ struct LoopWriter {
     private mutating func handOver() {
         if let joined = batch {
             batch = nil
-            pass(joined)
+            if !pass(joined), reusesBatch, joined.capacity <= Self.spareLimit { spare = joined }
         } else if let first = held {
             held = nil
             pass(first)
