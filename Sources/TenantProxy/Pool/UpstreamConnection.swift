@@ -61,8 +61,9 @@ final class UpstreamConnection {
     /// Settings the proxy (or a borrower, for tracked parameters) placed on the connection,
     /// lower-case names: diffed against the next borrower's wishes.
     var applied: [String: String] = [:]
-    /// Protocol-level prepared statements present on this connection (proxy names).
-    var preparedStatements: Set<String> = []
+    /// Protocol-level prepared statements present on this connection (their process-wide
+    /// numbers, see PreparedStatements).
+    var preparedStatements: Set<UInt64> = []
     var lastReleased: NIODeadline = .now()
     let openedAt = Date()
     /// Where cancel requests for this connection go (the server's address).

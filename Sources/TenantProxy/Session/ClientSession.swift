@@ -1338,7 +1338,7 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         let statement = prepared.register(parse, allocator: client.allocator)
         self.prepared = prepared
-        connection?.preparedStatements.insert(statement.proxyName)
+        connection?.preparedStatements.insert(statement.number)
         parseOrigins.append(false)
         return .replace([statement.parse])
     }
@@ -1346,20 +1346,28 @@ final class ClientSession: UpstreamConnectionOwner {
     /// The Parse that prepares the client's statement on this connection, to go before what uses
     /// it, when the connection does not have it yet (its ParseComplete is the proxy's, not sent on).
     private func parseIfMissing(_ statement: PreparedStatements.Statement, on connection: UpstreamConnection) -> ByteBuffer? {
-        guard !connection.preparedStatements.contains(statement.proxyName) else { return nil }
+        guard connection.preparedStatements.insert(statement.number).inserted else { return nil }
         parseOrigins.append(true)
-        connection.preparedStatements.insert(statement.proxyName)
         return statement.parse
     }
 
     private func renameBind(_ frame: PGFrame) -> FrameDecision {
-        guard transactionPooling,
-              let (name, rest, portal) = PreparedStatements.statementName(ofBind: frame.payload), !name.isEmpty,
-              let statement = prepared?[name], let connection
+        let payload = frame.payload
+        guard transactionPooling, prepared != nil, let connection,
+              let parts = PreparedStatements.bindParts(payload), parts.nameLength > 0
         else { return .forward }
+        // The name and the portal are read in place: no String is made for a Bind of a statement
+        // named recently (see PreparedStatements.statement(named:)).
+        let found: PreparedStatements.Statement? = payload.withUnsafeReadableBytes { raw in
+            guard let statement = prepared?.statement(named: UnsafeRawBufferPointer(rebasing: raw[parts.nameStart ..< parts.nameStart + parts.nameLength]))
+            else { return nil }
+            PreparedStatements.writeRenamedBindHeader(into: &connection.scratch, portal: UnsafeRawBufferPointer(rebasing: raw[0 ..< parts.nameStart]),
+                                                      statement: statement.nameBytes, restLength: raw.count - parts.restStart)
+            return statement
+        }
+        guard let statement = found else { return .forward }
         let parse = parseIfMissing(statement, on: connection)
-        PreparedStatements.writeRenamedBindHeader(into: &connection.scratch, portal: portal, statement: statement.nameBytes,
-                                                  restLength: rest.readableBytes)
+        let rest = payload.getSlice(at: payload.readerIndex + parts.restStart, length: payload.readableBytes - parts.restStart)!
         return .rebind(parse: parse, header: connection.scratch, rest: rest)
     }
 
@@ -1372,7 +1380,7 @@ final class ClientSession: UpstreamConnectionOwner {
         if frame.type == FrontendMessageID.close.rawValue {
             guard let statement = prepared?[name] else { return .forward }
             prepared?.remove(name)
-            connection?.preparedStatements.remove(statement.proxyName)
+            connection?.preparedStatements.remove(statement.number)
             var buffer = client.allocator.buffer(capacity: 32)
             FrontendMessage.close(Close(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
             return .replace([buffer])
