@@ -86,7 +86,9 @@ final class UpstreamConnection {
         self.channel = channel
         // The connector returns the channel with TLS (if any) in place.
         let tls = (try? channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)) != nil
-        self.out = LoopWriter(channel, direct: !tls, reusesBatch: true)
+        // A pooled connection's writer keeps a batch's storage for the next (a session's own
+        // connection, one per client in session mode, does not).
+        self.out = LoopWriter(channel, direct: !tls, reusesBatch: lane != nil)
         self.scratch = channel.allocator.buffer(capacity: 64)
         self.key = key
         self.lane = lane

@@ -50,8 +50,8 @@ struct LoopWriter {
     /// so an idle session keeps no buffer of its own here.
     private var batch: ByteBuffer?
     /// With `reusesBatch`: the last batch's storage, kept when the kernel took all of it, for
-    /// the next batch (no allocation per renamed Bind). Only upstream connections' writers keep
-    /// one (a few per pool); a client's writer does not, so an idle client holds none.
+    /// the next batch (no allocation per renamed Bind). Only pooled upstream connections' writers
+    /// keep one (a pool has a few); a client's writer does not, so an idle client holds none.
     private var spare: ByteBuffer?
     private let reusesBatch: Bool
     private var unflushed = false
