@@ -1077,12 +1077,11 @@ final class ClientSession: UpstreamConnectionOwner {
                 emitRun(upTo: frameStart)
                 runStart = buffer.readerIndex
                 for out in buffers { upstream.out.write(out) }
-            case .rebind(let parse, let header, let rest):
+            case .rebind(let parse, let header, let restAt):
                 emitRun(upTo: frameStart)
-                runStart = buffer.readerIndex
+                runStart = frameStart + restAt
                 if let parse { upstream.out.write(parse) }
                 upstream.out.write(header)
-                upstream.out.write(rest)
             case .pauseAfter:
                 clientPaused = true
             case .closed:
@@ -1110,8 +1109,10 @@ final class ClientSession: UpstreamConnectionOwner {
         /// Send these bytes instead of the frame.
         case replace([ByteBuffer])
         /// A Bind under the statement's proxy name (the Parse that prepares it on this connection
-        /// first, when needed): the common case of `replace`, without its arrays.
-        case rebind(parse: ByteBuffer?, header: ByteBuffer, rest: ByteBuffer)
+        /// first, when needed): the common case of `replace`, without its arrays. `header` replaces
+        /// the frame's first `restAt` bytes; the rest (the parameters) goes out with the frames
+        /// after it, as one run of the client's bytes.
+        case rebind(parse: ByteBuffer?, header: ByteBuffer, restAt: Int)
         /// Forward it, then hold everything after it until the context is re-applied.
         case pauseAfter
         case closed
@@ -1366,9 +1367,8 @@ final class ClientSession: UpstreamConnectionOwner {
             return statement
         }
         guard let statement = found else { return .forward }
-        let parse = parseIfMissing(statement, on: connection)
-        let rest = payload.getSlice(at: payload.readerIndex + parts.restStart, length: payload.readableBytes - parts.restStart)!
-        return .rebind(parse: parse, header: connection.scratch, rest: rest)
+        // The payload follows the frame's type byte and length.
+        return .rebind(parse: parseIfMissing(statement, on: connection), header: connection.scratch, restAt: 5 + parts.restStart)
     }
 
     private func renameStatementTarget(_ frame: PGFrame) -> FrameDecision {
