@@ -1153,13 +1153,19 @@ def test_jwt_session_ends_at_transaction_boundary_after_expiry(make_tlsproxy, pk
     assert_auth_failed(refusal(p, pki, "jwtu", token), "jwtu")
 
 
-@pytest.mark.timeout_s(90)
-def test_jwt_session_ends_after_expiry_psycopg(make_tlsproxy, keys, claims):
+def connect_with_expiring_token(make_tlsproxy, keys, claims, seconds: int = 3):
+    """A psycopg session through a proxy without JWT leeway, its token (globex) expiring
+    `seconds` from now; and that exp."""
     p = make_tlsproxy(jwt={"leeway_seconds": 0})
-    exp = int(time.time()) + 3
+    exp = int(time.time()) + seconds
     token = keys.remember(keys.hs.sign(claims.make("globex", BOB_UID, exp_in=None,
                                                    extra={"exp": exp})))
-    conn = psycopg.connect(**psycopg_params(p, "jwtu", token))
+    return psycopg.connect(**psycopg_params(p, "jwtu", token)), exp
+
+
+@pytest.mark.timeout_s(90)
+def test_jwt_session_ends_after_expiry_psycopg(make_tlsproxy, keys, claims):
+    conn, exp = connect_with_expiring_token(make_tlsproxy, keys, claims)
     try:
         assert conn.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == GLOBEX
         deadline = time.monotonic() + 40
@@ -1184,11 +1190,7 @@ def test_jwt_expiry_during_a_query_is_the_next_querys_error_psycopg(make_tlsprox
     """The token expires while a query runs: the query's result arrives whole, and the session's
     end is the answer to the next query (28000 with its text), not an error libpq reads right
     behind the ReadyForQuery, while idle, and reports only as a notice."""
-    p = make_tlsproxy(jwt={"leeway_seconds": 0})
-    exp = int(time.time()) + 3
-    token = keys.remember(keys.hs.sign(claims.make("globex", BOB_UID, exp_in=None,
-                                                   extra={"exp": exp})))
-    conn = psycopg.connect(**psycopg_params(p, "jwtu", token))
+    conn, exp = connect_with_expiring_token(make_tlsproxy, keys, claims)
     try:
         # the query is in flight when the token expires: it still gets its answer
         started = time.time()
