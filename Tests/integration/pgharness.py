@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import hashlib
 import hmac
 import os
@@ -82,6 +83,35 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}"
                                  + (f" (last error: {last_exc!r})" if last_exc else ""))
         time.sleep(interval)
+
+
+def tcp_nodelay_by_socket(pid: int) -> dict[str, int]:
+    """TCP_NODELAY of each TCP socket process `pid` holds ("local -> peer": 0 or 1), read from
+    copies of its descriptors (pidfd_getfd: root, or the process is our child)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found: dict[str, int] = {}
+    try:
+        for entry in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if not os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:"):
+                    continue
+            fd = libc.syscall(438, pidfd, int(entry), 0)   # SYS_pidfd_getfd
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), f"pidfd_getfd of descriptor {entry}")
+            s = socket.socket(fileno=fd)
+            try:
+                if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM:
+                    with contextlib.suppress(OSError):
+                        peer = s.getpeername()
+                        found[f"{s.getsockname()} -> {peer}"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                        continue
+                    found[f"{s.getsockname()} (listening)"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            finally:
+                s.close()
+    finally:
+        os.close(pidfd)
+    return found
 
 
 def port_accepts(host: str, port: int) -> bool:
@@ -441,7 +471,9 @@ class ProxyProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 30.0):
+    def start(self, timeout: float = 30.0, run_as: str | None = None):
+        """run_as: an OS user (the test runs as root) the proxy runs as, like a service's User=;
+        the work folder and a copy of the binary are given to that user."""
         binary = proxy_bin()
         if not binary.exists():
             raise FileNotFoundError(f"tenant-proxy binary not found at {binary} "
@@ -449,11 +481,21 @@ class ProxyProcess:
         env = dict(os.environ)
         if self.env:
             env.update(self.env)
+        identity = {}
+        if run_as:
+            account = pwd.getpwnam(run_as)
+            # The checkout may sit below a folder only root can enter.
+            copy = self.dir / "tenant-proxy"
+            shutil.copy2(binary, copy)
+            binary = copy
+            for path in (self.dir, *self.dir.rglob("*")):
+                os.chown(path, account.pw_uid, account.pw_gid)
+            identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
         self._out = open(self.stdout_path, "wb")
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([str(binary), "--config", str(self.config_path)],
                                      stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
-                                     env=env, cwd=self.dir, start_new_session=True)
+                                     env=env, cwd=self.dir, start_new_session=True, **identity)
 
         deadline = time.monotonic() + timeout
         while True:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -603,3 +606,27 @@ def test_session_mode_client_of_a_moved_tenant_ends_at_its_next_statement(oproxy
     with ts.connect(p, "alice") as again:
         assert again.execute("SELECT current_setting('nile.tenant_id')").fetchone() == (ACME,)
         assert [s["cluster"] for s in ops.show(p, "SERVERS") if s["tenant_id"] == ACME] == ["second"]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_proxy_running_as_an_unprivileged_user_serves_clients(pg, db, proxy_users, mode):
+    """Deployed as a service user (systemd User=tenant-proxy, Kubernetes runAsUser: 10001) the
+    proxy accepts clients and connects upstream: a socket option only root may set (SO_DEBUG,
+    which TCP_NODELAY set at the socket level instead of the TCP level amounts to) failed every
+    accepted and every upstream connection there, while the tests, run as root, passed."""
+    cfg, env, files = h.proxy_config(pg, extra={"pool": {"mode": mode, "size": 2}})
+    workdir = Path(tempfile.mkdtemp(prefix="tp-unprivileged-"))
+    p = h.ProxyProcess(workdir, cfg, proxy_users, env=env, files=files)
+    try:
+        p.start(run_as="nobody" if h.is_root() else None)
+        assert os.stat(f"/proc/{p.pid}").st_uid != 0
+        for _ in range(2):   # the second borrows the pooled connection the first left
+            with psycopg.connect(p.dsn(db), connect_timeout=10) as conn:
+                assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+                # Every TCP socket of the proxy (listener, this client, its upstream) has Nagle off.
+                sockets = h.tcp_nodelay_by_socket(p.pid)
+                assert sum(1 for name in sockets if "->" in name) >= 2, sockets
+                assert all(sockets.values()), sockets
+    finally:
+        p.terminate()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -16,8 +16,10 @@ enum UpstreamConnector {
     ) -> EventLoopFuture<Channel> {
         let negotiate = config.tls != .disable && tls != nil
         guard negotiate else {
+            // TCP_NODELAY at the TCP level (ClientBootstrap's default too); socketOption(.tcp_nodelay)
+            // would set SO_DEBUG, which only root may: every connect failed under a service user.
             return ClientBootstrap(group: eventLoop)
-                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
                 .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
                 .channelInitializer { channel in channel.pipeline.addHandler(handler) }
                 .connect(host: config.host, port: config.port)
@@ -26,7 +28,7 @@ enum UpstreamConnector {
         let negotiator = UpstreamTLSNegotiator(
             mode: config.tls, context: tls, serverHostname: serverHostname(config), done: promise)
         let connected = ClientBootstrap(group: eventLoop)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
             .channelInitializer { channel in channel.pipeline.addHandlers([negotiator, handler]) }
             .connect(host: config.host, port: config.port)

@@ -32,12 +32,15 @@ final class ProxyServer: @unchecked Sendable {
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(ChannelOptions.Types.SocketOption(level: .socket, name: NIOBSDSocket.Option(rawValue: SO_REUSEPORT)), value: runtime.config.server.reusePort ? 1 : 0)
+            // On the listening socket (ServerBootstrap's default too): accepted sockets inherit it,
+            // no setsockopt per connection. At the TCP level: socketOption(.tcp_nodelay) would set
+            // SO_DEBUG, which only root may, and failed every connection under a service user.
+            .serverChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 // Options and handler set synchronously: as child channel options they went through
                 // a chain of futures on every accepted connection.
                 do {
                     if let options = channel.syncOptions {
-                        try options.setOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
                         try options.setOption(ChannelOptions.maxMessagesPerRead, value: 16)
                         // Client messages are small (queries, binds); a channel keeps its receive
                         // buffer while idle, so start small and let it grow for bigger messages.
