@@ -79,7 +79,8 @@ KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
 # BENCH_PROFILE=proxy-tx,pgbouncer: perf record each cell of those targets (implies BENCH_KEEP).
 PROFILE = [t for t in os.environ.get("BENCH_PROFILE", "").split(",") if t]
 # BENCH_PERF_STAT=1: with BENCH_PROFILE, measure CPU time (perf stat task-clock) instead of
-# sampling; the log then shows each profiled cell's CPU microseconds per transaction.
+# sampling; the log then shows each profiled cell's CPU microseconds per transaction, and its
+# page faults, context switches and CPU migrations per transaction.
 PERF_STAT = os.environ.get("BENCH_PERF_STAT", "") not in ("", "0")
 # BENCH_SYSCALLS=1: with BENCH_PROFILE, count system calls instead (strace -c -f); the log then
 # shows each profiled cell's system calls per transaction, by call. strace slows the target
@@ -664,7 +665,8 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         if SYSCALLS:
             command = ["strace", "-c", "-f", "-p", str(target.pid), "-o", str(data)]
         elif PERF_STAT:
-            command = ["perf", "stat", "-x", ",", "-e", "task-clock", "-p", str(target.pid), "-o", str(data)]
+            command = ["perf", "stat", "-x", ",", "-e", "task-clock,page-faults,context-switches,cpu-migrations",
+                       "-p", str(target.pid), "-o", str(data)]
         else:
             command = ["perf", "record", "-F", "999", "-g", "-p", str(target.pid), "-o", str(data)]
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -739,11 +741,18 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         if SYSCALLS and processed:
             log_syscalls(target.key, data, processed)
         elif PERF_STAT and processed:
+            events = []
             for line in data.read_text().splitlines():
                 parts = line.split(",")
-                if len(parts) > 2 and parts[2].startswith("task-clock"):
-                    with contextlib.suppress(ValueError):
+                if len(parts) <= 2:
+                    continue
+                with contextlib.suppress(ValueError):
+                    if parts[2].startswith("task-clock"):
                         log(f"perf stat {target.key}: {float(parts[0]) * 1000 / processed:.2f} CPU µs per transaction")
+                    else:
+                        events.append(f"{parts[2]} {float(parts[0]) / processed:.2f}")
+            if events:
+                log(f"perf stat {target.key} per transaction: {', '.join(events)}")
             if split_before:
                 user, system = (a - b for a, b in zip(user_system_seconds(target.pid), split_before))
                 log(f"{target.key}: user {user * 1e6 / processed:.2f} µs, system {system * 1e6 / processed:.2f} µs per transaction")
