@@ -78,9 +78,20 @@ enum SCRAMPrimitives {
         return out
     }
 
+    /// `count` bytes from the system's CSPRNG, eight per draw: `UInt8.random` costs a getrandom
+    /// system call per byte (18 for a nonce, on every SCRAM log-in).
     static func randomBytes(_ count: Int) -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
-        return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(count)
+        while bytes.count < count {
+            var word: UInt64 = generator.next()
+            for _ in 0..<min(8, count - bytes.count) {
+                bytes.append(UInt8(truncatingIfNeeded: word))
+                word >>= 8
+            }
+        }
+        return bytes
     }
 
     /// A fresh nonce as PostgreSQL makes one: 18 random bytes, base64-encoded (24 printable characters).

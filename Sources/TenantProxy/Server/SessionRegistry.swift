@@ -49,16 +49,16 @@ final class SessionRegistry: @unchecked Sendable {
     func register(_ session: ClientSession) -> BackendKeyData? {
         lock.withLock {
             guard entries.count < maxSessions else { return nil }
+            // One draw (one getrandom call) gives the secret and the process id's low bits.
             var processID: Int32
+            var secret: Int32
             repeat {
-                if instanceID > 0 {
-                    processID = Int32(instanceID << Self.instanceShift) | Int32.random(in: 0..<(1 << Int32(Self.instanceShift)), using: &generator)
-                } else {
-                    // Without an id, keep bits 23-30 clear so no peer mistakes the key for its own.
-                    processID = Int32.random(in: 1..<(1 << Int32(Self.instanceShift)), using: &generator)
-                }
-            } while entries[processID] != nil
-            let secret = Int32.random(in: Int32.min...Int32.max, using: &generator)
+                let word: UInt64 = generator.next()
+                secret = Int32(truncatingIfNeeded: word)
+                let low = Int32(truncatingIfNeeded: word >> 32) & ((1 << Int32(Self.instanceShift)) - 1)
+                // Without an id, bits 23-30 stay clear so no peer mistakes the key for its own.
+                processID = Int32(instanceID << Self.instanceShift) | low
+            } while (instanceID == 0 && processID == 0) || entries[processID] != nil
             entries[processID] = Entry(secret: secret, session: session)
             return BackendKeyData(processID: processID, secretKey: secret)
         }

@@ -32,6 +32,19 @@ final class SCRAMServerExchangeTests: XCTestCase {
         XCTAssertEqual(nonce.count, RFC7677.clientNonce.count + 24)
     }
 
+    func testRandomBytesHaveTheAskedLengthAndUseEveryByteOfADraw() {
+        for count in 0...20 {
+            XCTAssertEqual(SCRAMPrimitives.randomBytes(count).count, count)
+        }
+        // Eight bytes per draw: each must come from its own part of the word. Equal neighbours
+        // happen about once in 256 pairs (~16 here); a byte repeated across a draw would make
+        // seven in eight pairs equal.
+        let bytes = SCRAMPrimitives.randomBytes(4096)
+        let equalNeighbours = zip(bytes, bytes.dropFirst()).filter { $0 == $1 }.count
+        XCTAssertLessThan(equalNeighbours, 200)
+        XCTAssertNotEqual(SCRAMPrimitives.randomBytes(18), SCRAMPrimitives.randomBytes(18))
+    }
+
     func testWrongPasswordRejected() throws {
         var server = SCRAMServerExchange(
             verifier: SCRAMVerifier.make(password: "not-pencil", salt: RFC7677.salt), serverNonce: RFC7677.serverNonce)
