@@ -4,12 +4,15 @@ two tenants behind the proxy (TLS required), the admin console and the metrics e
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 import pgharness as h
 
@@ -22,15 +25,31 @@ def psql(port: int, user: str, password: str, dbname: str, sql: str) -> subproce
                   "-d", dbname, "-c", sql], env=env, timeout=60)
 
 
-def test_demo_serves_two_tenants_the_console_and_metrics():
+# As root (CI) the demo also runs as an unprivileged user, as a newcomer runs it: a socket option
+# only root may set once failed every connection there while this test passed as root.
+@pytest.mark.parametrize("run_as", [None, "nobody"] if h.is_root() else [None])
+def test_demo_serves_two_tenants_the_console_and_metrics(run_as):
     # PostgreSQL runs as the postgres user when root: its data dir's parents must be traversable
     tmp_path = Path(tempfile.mkdtemp(prefix="tp-demo-"))
     tmp_path.chmod(0o755)
     port = h.free_port()
     out_path = tmp_path / "demo.out"
+    command = [str(h.proxy_bin()), "demo", "--port", str(port), "--data-dir", str(tmp_path / "d")]
+    identity, env = {}, None
+    if run_as:
+        # The user's own copy of the binary and the SQL (the checkout may be root's alone).
+        account = pwd.getpwnam(run_as)
+        shutil.copy2(h.proxy_bin(), tmp_path / "tenant-proxy")
+        shutil.copytree(h.REPO_ROOT / "deploy" / "sql", tmp_path / "sql")
+        command[0] = str(tmp_path / "tenant-proxy")
+        command += ["--sql-dir", str(tmp_path / "sql")]
+        for path in (tmp_path, *tmp_path.rglob("*")):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        env = {**os.environ, "HOME": str(tmp_path), "USER": run_as}
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen([str(h.proxy_bin()), "demo", "--port", str(port), "--data-dir", str(tmp_path / "d")],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                start_new_session=True, env=env, **identity)
     try:
         h.wait_until(lambda: proc.poll() is not None or "is listening" in out_path.read_text(), 180,
                      "the demo to start")
