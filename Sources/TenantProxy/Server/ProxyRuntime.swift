@@ -40,7 +40,7 @@ final class ProxyRuntime: @unchecked Sendable {
     private let _mapGeneration = ManagedAtomic<Int>(0)
     /// True while any PAUSE is in force: borrows look no further (no lock) while it is false.
     private let _anyPaused = ManagedAtomic<Bool>(false)
-    private var _mapModified: Date?
+    private var _mapModified: FileStamp?
     /// Read at the end of every transaction: an atomic, not the lock.
     private let _draining = ManagedAtomic<Bool>(false)
     /// [pool] tenant_max_connections (0 = no limit), checked on every lend and return: a copy of
@@ -76,7 +76,7 @@ final class ProxyRuntime: @unchecked Sendable {
         self.throttle = LoginThrottle(limit: config.auth.lockoutFailures, windowSeconds: config.auth.lockoutWindowSeconds,
                                       lockoutSeconds: config.auth.lockoutSeconds)
         self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)
-        self._mapModified = Self.modificationDate(config.tenancy.mapFile)
+        self._mapModified = FileStamp(of: config.tenancy.mapFile)
         self._tenantLeaseLimit.store(config.pool.tenantMaxConnections, ordering: .relaxed)
         var generator = SystemRandomNumberGenerator()
         self.mockSecret = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
@@ -273,7 +273,7 @@ final class ProxyRuntime: @unchecked Sendable {
     @discardableResult
     func reloadTenantMap() -> Bool {
         let path = config.tenancy.mapFile
-        let modified = Self.modificationDate(path)
+        let modified = FileStamp(of: path)
         do {
             let map = try TenantMap.load(path: path, clusters: clusterNames())
             lock.withLock {
@@ -291,19 +291,13 @@ final class ProxyRuntime: @unchecked Sendable {
         }
     }
 
-    /// Reloads when the file's modification time changed since the last load.
+    /// Reloads when the file (its modification time, size or inode) changed since the last load.
     func reloadIfFileChanged() {
-        let modified = Self.modificationDate(config.tenancy.mapFile)
+        let modified = FileStamp(of: config.tenancy.mapFile)
         let changed = lock.withLock { modified != nil && modified != _mapModified }
         if changed { reloadTenantMap() }
     }
 
-    /// Through symlinks: Kubernetes updates a mounted ConfigMap by swapping a symlink, so the
-    /// link itself never changes, only the file it ends at.
-    private static func modificationDate(_ path: String) -> Date? {
-        let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
-        return (try? FileManager.default.attributesOfItem(atPath: resolved))?[.modificationDate] as? Date
-    }
 
     // MARK: - Admin: suspension and pauses
 
