@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import pwd
+import resource
 import secrets
 import shutil
 import signal
@@ -471,9 +472,11 @@ class ProxyProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 30.0, run_as: str | None = None):
+    def start(self, timeout: float = 30.0, run_as: str | None = None,
+              open_files: tuple[int, int] | None = None):
         """run_as: an OS user (the test runs as root) the proxy runs as, like a service's User=;
-        the work folder and a copy of the binary are given to that user."""
+        the work folder and a copy of the binary are given to that user. open_files: the (soft,
+        hard) RLIMIT_NOFILE the proxy starts with."""
         binary = proxy_bin()
         if not binary.exists():
             raise FileNotFoundError(f"tenant-proxy binary not found at {binary} "
@@ -495,7 +498,9 @@ class ProxyProcess:
         self._err = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([str(binary), "--config", str(self.config_path)],
                                      stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
-                                     env=env, cwd=self.dir, start_new_session=True, **identity)
+                                     env=env, cwd=self.dir, start_new_session=True, **identity,
+                                     preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files))
+                                     if open_files else None)
 
         deadline = time.monotonic() + timeout
         while True:

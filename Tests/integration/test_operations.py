@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -630,3 +631,35 @@ def test_proxy_running_as_an_unprivileged_user_serves_clients(pg, db, proxy_user
     finally:
         p.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            return tuple(resource.RLIM_INFINITY if v == "unlimited" else int(v) for v in line.split()[3:5])
+    raise AssertionError("no open-files line")
+
+
+def test_open_file_limit_is_raised_for_the_client_limit(pg, make_proxy):
+    """Started from a shell's 1024 files, the proxy raises its soft limit to what
+    max_client_connections needs: two sockets per client and 128 more (within the hard limit
+    the tests run under, which an unprivileged process cannot raise)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    clients = 5000 if hard == resource.RLIM_INFINITY else min(5000, (hard - 128) // 2)
+    assert clients > 1000, f"hard open-file limit {hard} too low for this test"
+    p = make_proxy(start=False, extra={"server": {"max_client_connections": clients}})
+    p.start(open_files=(1024, hard))
+    assert open_files_limit(p.pid) == (clients * 2 + 128, hard)
+    assert "raised the open-file limit" in p.stderr()
+    assert "too low" not in p.stderr()
+
+
+def test_open_file_limit_short_of_the_need_is_a_warning_with_the_fix(pg, db, make_proxy):
+    p = make_proxy(start=False, extra={"server": {"max_client_connections": 10000}})
+    p.start(open_files=(512, 2048))
+    assert open_files_limit(p.pid) == (2048, 2048)
+    log = p.stderr()
+    assert "the open-file limit is too low for server.max_client_connections" in log, log
+    assert "clients_allowed=960" in log and "LimitNOFILE" in log, log
+    with psycopg.connect(p.dsn(db), connect_timeout=10) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -126,6 +126,17 @@ final class ProxyServer: @unchecked Sendable {
             throw ExitCode(2)
         }
         let logger = ProxyLogging.makeLogger(level: config.log.level, format: config.log.format)
+        if let files = FileDescriptorLimit.raise(maxClients: config.server.maxClientConnections) {
+            if files.after > files.before {
+                logger.info("raised the open-file limit", metadata: ["from": "\(files.before)", "to": "\(files.after)"])
+            }
+            if files.after < files.needed {
+                logger.warning("the open-file limit is too low for server.max_client_connections", metadata: [
+                    "limit": "\(files.after)", "needed": "\(files.needed)", "clients_allowed": "\(files.clientsAllowed)",
+                    "fix": "raise the hard limit (systemd LimitNOFILE=, ulimit -Hn, a container's nofile) or lower server.max_client_connections",
+                ])
+            }
+        }
         let server = ProxyServer(runtime: ProxyRuntime(config: config, map: map, logger: logger, configPath: configPath))
         do {
             try server.runtime.prepareSecurity()
