@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import pwd
+import random
 import resource
 import secrets
 import shutil
@@ -63,7 +64,34 @@ def client_bin(name: str) -> str:
 # small utilities
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free port below the kernel's ephemeral range, not handed out before in this run. A port
+    from bind(0) is an ephemeral one: between this check and the server's bind, any outgoing
+    connection (thousands per run, and their TIME_WAITs) may take it, and the server fails to
+    listen; below the range only servers bind."""
+    low, high = 20000, _ephemeral_low() - 1
+    if high - low >= 1000:
+        for _ in range(200):
+            port = random.randint(low, high)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -17,7 +17,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -26,6 +25,8 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import errors  # noqa: E402
+
+import pgharness as h  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SQL_DIR = REPO / "deploy" / "sql"
@@ -39,12 +40,6 @@ PROXY_ROLE, PROXY_PASSWORD = "tenant_proxy", "proxy-secret"
 OWNER_ROLE, OWNER_PASSWORD = "app_owner", "owner-secret"
 
 _db_counter = itertools.count()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:
@@ -119,7 +114,7 @@ def sqlpg():
         except KeyError:
             pytest.skip("running as root and no postgres OS user")
         os.chown(base, pw.pw_uid, pw.pw_gid)
-    cluster = Cluster(base, _free_port(), as_postgres)
+    cluster = Cluster(base, h.free_port(), as_postgres)
     try:
         cluster.start()
         yield cluster
