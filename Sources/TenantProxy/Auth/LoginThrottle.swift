@@ -1,3 +1,4 @@
+import Atomics
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -6,7 +7,12 @@ import NIOCore
 final class LoginThrottle: @unchecked Sendable {
     private let lock = NIOLock()
     private var failures: [String: [NIODeadline]] = [:]
-    private var lockedUntil: [String: NIODeadline] = [:]
+    private var lockedUntil: [String: NIODeadline] = [:] {
+        didSet { lockedCount.store(lockedUntil.count, ordering: .relaxed) }
+    }
+    /// lockedUntil's size, read without the lock: with no address locked out (the usual case) a
+    /// log-in neither formats its address nor takes the lock.
+    private let lockedCount = ManagedAtomic(0)
     private let limit: Int
     private let window: TimeAmount
     private let lockout: TimeAmount
@@ -17,8 +23,9 @@ final class LoginThrottle: @unchecked Sendable {
         self.lockout = .seconds(Int64(lockoutSeconds))
     }
 
-    func isLocked(_ address: String, now: NIODeadline = .now()) -> Bool {
-        guard limit > 0 else { return false }
+    func isLocked(_ address: @autoclosure () -> String, now: NIODeadline = .now()) -> Bool {
+        guard limit > 0, lockedCount.load(ordering: .relaxed) > 0 else { return false }
+        let address = address()
         return lock.withLock {
             guard let until = lockedUntil[address] else { return false }
             if until > now { return true }
