@@ -10,7 +10,7 @@ import Darwin
 /// inode, from one stat(2) of the path. stat follows symlinks: Kubernetes updates a mounted
 /// ConfigMap by swapping a symlink, so the link never changes, only the file it ends at, and
 /// the swapped-in file may carry an older time (the inode tells it apart). The map is polled
-/// every second; FileManager's attributes cost a stat, an xattr listing and reads of
+/// every two seconds; FileManager's attributes cost a stat, an xattr listing and reads of
 /// /etc/passwd and /etc/group (owner names) each time.
 struct FileStamp: Equatable {
     var seconds: Int

@@ -298,7 +298,6 @@ final class ProxyRuntime: @unchecked Sendable {
         if changed { reloadTenantMap() }
     }
 
-
     // MARK: - Admin: suspension and pauses
 
     func suspend(tenantID: String) {
