@@ -422,7 +422,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// authentication failures towards the address's lockout.
     private func refuseLogin(_ error: ProxyError, count: Bool) {
         if count { runtime.throttle.recordFailure(clientAddress) }
-        runtime.metrics.authFailure(reason: Self.failureReason(error))
+        runtime.metrics.authFailure(reason: error.metricReason)
         let delay = runtime.config.auth.failureDelayMilliseconds
         guard delay > 0, error.sqlState.hasPrefix("28") else { return fail(error) }
         refusing = true
@@ -431,23 +431,6 @@ final class ClientSession: UpstreamConnectionOwner {
             refusing = false
             fail(error)
         }
-    }
-
-    /// A small fixed set of labels for tenant_proxy_auth_failures_total.
-    static func failureReason(_ error: ProxyError) -> String {
-        switch error.message {
-        case ProxyError.lockedOut.message: return "locked_out"
-        case ProxyError.adminOnly.message: return "admin_only"
-        case ProxyError.cleartextNeedsTLS.message: return "tls_required"
-        case ProxyError.tokenExpired.message: return "token_expired"
-        default: break
-        }
-        if error.sqlState == "28P01" { return "bad_credentials" }
-        if error.message.hasPrefix("tenant") || error.message.contains("tenant") { return "tenant" }
-        if error.message.contains("TLS") || error.message.contains("SSL") { return "tls_required" }
-        if error.message.contains("certificate") { return "certificate" }
-        if error.message.contains("rejected") || error.message.contains("pg_hba") { return "rejected" }
-        return "other"
     }
 
     private func authenticated(user: String, startup: StartupMessage, token: VerifiedToken?) {

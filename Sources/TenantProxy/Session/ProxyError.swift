@@ -13,8 +13,22 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
     var message: String
     var detail: String?
     var hint: String?
+    /// Why a log-in was refused, for tenant_proxy_auth_failures_total's `reason` label (a small
+    /// fixed set; never sent to the client). nil: "bad_credentials" for 28P01, else "other".
+    var failureReason: String?
 
     var description: String { "\(severity.rawValue) \(sqlState): \(message)" }
+
+    /// The label of tenant_proxy_auth_failures_total for this refusal.
+    var metricReason: String {
+        failureReason ?? (sqlState == "28P01" ? "bad_credentials" : "other")
+    }
+
+    func reason(_ label: String) -> ProxyError {
+        var tagged = self
+        tagged.failureReason = label
+        return tagged
+    }
 
     var errorResponse: ErrorResponse {
         ErrorResponse(severity: severity.rawValue, sqlState: sqlState, message: message, detail: detail, hint: hint)
@@ -26,7 +40,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
     static func authenticationFailed(user: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "28P01",
                    message: "password authentication failed for user \"\(user)\"",
-                   hint: "Check the user name and password the proxy was given.")
+                   hint: "Check the user name and password the proxy was given.").reason("bad_credentials")
     }
 
     static let noUserName = ProxyError(
@@ -45,7 +59,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
 
     static let tlsUnavailable = ProxyError(
         severity: .fatal, sqlState: "08P01", message: "the proxy does not offer TLS on this listener",
-        hint: "Connect with sslmode=disable or prefer.")
+        hint: "Connect with sslmode=disable or prefer.").reason("tls_required")
 
     static func protocolViolation(_ what: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "08P01", message: "invalid frontend message: \(what)",
@@ -70,7 +84,7 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
 
     static let adminOnly = ProxyError(
         severity: .fatal, sqlState: "28000", message: "only admin users may connect to the admin console (database \"proxy\")",
-        hint: "List the user in [admin] users of proxy.conf, or connect to another database.")
+        hint: "List the user in [admin] users of proxy.conf, or connect to another database.").reason("admin_only")
 
     static let notAcceptingConnections = ProxyError(
         severity: .fatal, sqlState: "57P03", message: "the proxy is shutting down and accepts no new connections",
@@ -102,23 +116,23 @@ extension ProxyError {
     static func tenantMissing(user: String, setting: String, separator: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "28000", message: "no tenant given for user \"\(user)\"",
                    hint: "Pass options='-c \(setting)=<tenant id>'"
-                       + (separator.isEmpty ? "." : ", or connect as \(user)\(separator)<tenant>."))
+                       + (separator.isEmpty ? "." : ", or connect as \(user)\(separator)<tenant>.")).reason("tenant")
     }
 
     /// Same text whether the tenant does not exist or the user may not use it: no tenant enumeration.
     static func tenantNotFound(_ identifier: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "28000", message: "tenant \"\(identifier)\" not found",
-                   hint: "Check the tenant id or name, and that this user may use it.")
+                   hint: "Check the tenant id or name, and that this user may use it.").reason("tenant")
     }
 
     static func tenantNotActive(_ identifier: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "28000", message: "tenant \"\(identifier)\" is not active",
-                   hint: "The tenant is suspended; ask the operator.")
+                   hint: "The tenant is suspended; ask the operator.").reason("tenant")
     }
 
     static let tenantSourcesDisagree = ProxyError(
         severity: .fatal, sqlState: "28000", message: "tenant sources disagree",
-        hint: "The startup options, user name and database name name different tenants; give one.")
+        hint: "The startup options, user name and database name name different tenants; give one.").reason("tenant")
 
     static func contextEscape(_ what: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "42501", message: "\(what) is not allowed through tenant-proxy",
@@ -168,32 +182,32 @@ extension ProxyError {
 extension ProxyError {
     static func tlsRequired(user: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "28000", message: "TLS is required for user \"\(user)\"",
-                   hint: "Connect with sslmode=require (or verify-full).")
+                   hint: "Connect with sslmode=require (or verify-full).").reason("tls_required")
     }
 
     static let cleartextNeedsTLS = ProxyError(
         severity: .fatal, sqlState: "28000", message: "password and token authentication require TLS",
-        hint: "Connect with sslmode=require (or verify-full): a cleartext secret never crosses an unencrypted connection.")
+        hint: "Connect with sslmode=require (or verify-full): a cleartext secret never crosses an unencrypted connection.").reason("tls_required")
 
     static func rejectedByRule(user: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "28000", message: "connection rejected for user \"\(user)\"",
-                   hint: "The proxy's authentication rules do not admit this user, database and address.")
+                   hint: "The proxy's authentication rules do not admit this user, database and address.").reason("rejected")
     }
 
     static func certificateFailed(user: String) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "28000", message: "certificate authentication failed for user \"\(user)\"",
-                   hint: "Present a client certificate signed by the configured CA whose CN or SAN names this user.")
+                   hint: "Present a client certificate signed by the configured CA whose CN or SAN names this user.").reason("certificate")
     }
 
     static let lockedOut = ProxyError(
         severity: .fatal, sqlState: "28000", message: "too many failed logins from this address",
-        hint: "Wait and retry later.")
+        hint: "Wait and retry later.").reason("locked_out")
 
     static let tokenExpired = ProxyError(
         severity: .fatal, sqlState: "28000", message: "token expired",
-        hint: "The session's token has expired; reconnect with a fresh token.")
+        hint: "The session's token has expired; reconnect with a fresh token.").reason("token_expired")
 
     static let directTLSWithoutALPN = ProxyError(
         severity: .fatal, sqlState: "08P01", message: "direct TLS connection without ALPN postgresql",
-        hint: "Use a client that negotiates ALPN \"postgresql\" (PostgreSQL 17 libpq).")
+        hint: "Use a client that negotiates ALPN \"postgresql\" (PostgreSQL 17 libpq).").reason("tls_required")
 }

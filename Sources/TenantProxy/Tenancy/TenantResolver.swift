@@ -114,7 +114,7 @@ struct TenantResolver {
             guard identifiers.isEmpty else {
                 return .refused(ProxyError(
                     severity: .fatal, sqlState: "28000", message: "user \"\(user.name)\" is global and takes no tenant",
-                    hint: "Connect without a tenant, or use a pinned or switch user for tenant traffic."))
+                    hint: "Connect without a tenant, or use a pinned or switch user for tenant traffic.").reason("tenant"))
             }
             binding.userID = nil
             return .bound(binding)
