@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import errno
 import hashlib
 import hmac
 import os
@@ -122,13 +123,22 @@ def tcp_nodelay_by_socket(pid: int) -> dict[str, int]:
     found: dict[str, int] = {}
     try:
         for entry in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
+            # A descriptor may close (a departed client's socket) or be reused while we look.
+            try:
                 if not os.readlink(f"/proc/{pid}/fd/{entry}").startswith("socket:"):
                     continue
+            except OSError:
+                continue
             fd = libc.syscall(438, pidfd, int(entry), 0)   # SYS_pidfd_getfd
             if fd < 0:
+                if ctypes.get_errno() == errno.EBADF:
+                    continue
                 raise OSError(ctypes.get_errno(), f"pidfd_getfd of descriptor {entry}")
-            s = socket.socket(fileno=fd)
+            try:
+                s = socket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                continue
             try:
                 if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM:
                     with contextlib.suppress(OSError):
