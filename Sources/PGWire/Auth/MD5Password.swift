@@ -4,6 +4,11 @@ import Crypto
 ///
 /// Passwords are used as raw UTF-8 bytes (PostgreSQL applies no normalization for MD5).
 public enum MD5Password {
+    /// A fresh four-byte salt for AuthenticationMD5Password (one draw from the system's CSPRNG).
+    public static func randomSalt() -> [UInt8] {
+        SCRAMPrimitives.randomBytes(4)
+    }
+
     /// "md5" + md5hex(md5hex(password + user) + salt), as PostgreSQL's MD5 auth expects from a client.
     public static func response(user: String, password: String, salt: [UInt8]) -> String {
         let inner = md5Hex(Array(password.utf8) + Array(user.utf8))

@@ -55,6 +55,11 @@ public struct SCRAMServerExchange: Sendable {
     /// mock salt from the username and a cluster-wide nonce), so repeated attempts for the same
     /// unknown user see the same salt, and a prober cannot tell that the user does not exist.
     /// The iteration count is PostgreSQL's default. `receiveClientFinal(_:)` always throws `.invalidProof`.
+    /// A process-wide secret for `mock(username:secret:)`, made once at start.
+    public static func makeMockSecret() -> [UInt8] {
+        SCRAMPrimitives.randomBytes(32)
+    }
+
     public static func mock(username: String, secret: [UInt8]) -> SCRAMServerExchange {
         mock(username: username, secret: secret, channelBinding: nil)
     }

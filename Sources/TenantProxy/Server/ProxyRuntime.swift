@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import PGWire
 
 /// What every session shares: configuration and tenant map (each replaced whole on reload), the
 /// cache of tenants looked up upstream, the session registry, pauses and suspensions set from the
@@ -78,8 +79,7 @@ final class ProxyRuntime: @unchecked Sendable {
         self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)
         self._mapModified = FileStamp(of: config.tenancy.mapFile)
         self._tenantLeaseLimit.store(config.pool.tenantMaxConnections, ordering: .relaxed)
-        var generator = SystemRandomNumberGenerator()
-        self.mockSecret = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        self.mockSecret = SCRAMServerExchange.makeMockSecret()
     }
 
     var map: TenantMap { lock.withLock { _map } }

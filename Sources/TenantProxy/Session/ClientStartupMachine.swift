@@ -144,10 +144,7 @@ struct ClientStartupMachine {
             state = .awaitingSASLInitial(user: user, startup: startup, plan: plan)
             return .send(preamble + [.authentication(.sasl(mechanisms: mechanisms))])
         case .md5:
-            // One draw (one getrandom call) for the four bytes.
-            var generator = SystemRandomNumberGenerator()
-            let word: UInt32 = generator.next()
-            let salt = (0..<4).map { UInt8(truncatingIfNeeded: word >> ($0 * 8)) }
+            let salt = MD5Password.randomSalt()
             state = .awaitingPassword(user: user, startup: startup, plan: plan, salt: salt)
             return .send(preamble + [.authentication(.md5Password(salt: salt))])
         case .password, .jwt:
