@@ -19,7 +19,7 @@ final class FileDescriptorLimitTests: XCTestCase {
     }
 
     func testClientsAllowedByALimitShortOfTheNeed() {
-        let outcome = FileDescriptorLimit.Outcome(before: 1024, after: 4096, hard: 4096, needed: 20_128)
+        let outcome = FileDescriptorLimit.Outcome(before: 1024, after: 4096, needed: 20_128)
         XCTAssertEqual(outcome.clientsAllowed, (4096 - 128) / 2)
     }
 }

@@ -22,10 +22,9 @@ enum FileDescriptorLimit {
         maxClients * 2 + reserve
     }
 
-    struct Outcome: Equatable {
+    struct Outcome {
         var before: Int
         var after: Int
-        var hard: Int
         var needed: Int
         /// Clients the limit in force allows for, at the same two descriptors per client.
         var clientsAllowed: Int { max(0, (after - FileDescriptorLimit.reserve) / 2) }
@@ -55,9 +54,9 @@ enum FileDescriptorLimit {
             var raised = limit
             raised.rlim_cur = rlim_t(wanted)
             if setrlimit(resource, &raised) != 0 {
-                return Outcome(before: current, after: current, hard: hard, needed: needed)
+                return Outcome(before: current, after: current, needed: needed)
             }
         }
-        return Outcome(before: current, after: wanted, hard: hard, needed: needed)
+        return Outcome(before: current, after: wanted, needed: needed)
     }
 }
