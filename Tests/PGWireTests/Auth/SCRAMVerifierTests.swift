@@ -86,6 +86,39 @@ final class SCRAMVerifierTests: XCTestCase {
     }
 }
 
+final class SCRAMKeyedMACsTests: XCTestCase {
+    /// The pre-keyed SHA-256 states give swift-crypto's HMAC for every key length (empty, SCRAM's
+    /// 32 bytes, one block, longer than a block: hashed first) and message length.
+    func testMatchesSwiftCryptoHMAC() {
+        for keyLength in [0, 1, 32, 63, 64, 65, 100] {
+            let key = (0..<keyLength).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            let keyed = SCRAMKeyedMACs.Keyed(key: key)
+            for messageLength in [0, 1, 55, 56, 64, 150, 1000] {
+                let message = (0..<messageLength).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ keyLength) }
+                let expected = SCRAMPrimitives.hmac(key: key, message)
+                XCTAssertEqual(keyed.code(message), expected, "key \(keyLength) bytes, message \(messageLength) bytes")
+                // A keyed state is copied per message, never consumed.
+                XCTAssertEqual(keyed.code(message), expected)
+            }
+        }
+    }
+
+    /// RFC 4231 test case 2 (key "Jefe").
+    func testRFC4231Vector() {
+        let keyed = SCRAMKeyedMACs.Keyed(key: Array("Jefe".utf8))
+        let code = keyed.code(Array("what do ya want for nothing?".utf8))
+        XCTAssertEqual(code.map { String(format: "%02x", $0) }.joined(),
+                       "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    }
+
+    func testVerifierSignaturesUseItsKeys() {
+        let verifier = RFC7677.verifier
+        let message = Array("n=user,r=abc,r=abcdef,s=c2FsdA==,i=4096,c=biws,r=abcdef".utf8)
+        XCTAssertEqual(verifier.macs.clientSignature(message), SCRAMPrimitives.hmac(key: verifier.storedKey, message))
+        XCTAssertEqual(verifier.macs.serverSignature(message), SCRAMPrimitives.hmac(key: verifier.serverKey, message))
+    }
+}
+
 final class SCRAMBase64Tests: XCTestCase {
     func testRoundTrip() {
         for length in 0..<40 {
