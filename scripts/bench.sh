@@ -11,7 +11,7 @@
 #   BENCH_SECONDS=10       pgbench -T per cell (3 in quick mode)
 #   BENCH_CLIENTS=1,20,100 client counts (1,20 in quick mode)
 #   BENCH_PROTOCOLS=simple,extended,prepared
-#   BENCH_SCRIPTS=select-only,tpcb-like
+#   BENCH_SCRIPTS=select-only,tpcb-like  (none: only the -C and rls-select rows)
 #   BENCH_TARGETS=         only these of direct,proxy-session,proxy-tx (pgbouncer always runs)
 #   BENCH_TENANTS=10       tenants, and pgbench processes per cell
 #   BENCH_SCALE=10         pgbench -i -s

@@ -54,16 +54,26 @@ def env_float(name: str, default: float) -> float:
     return float(v) if v else default
 
 
-def env_list(name: str, default: list[str]) -> list[str]:
+def env_list(name: str, default: list[str], allowed: list[str] | None = None) -> list[str]:
+    """A comma-separated setting; `none` stands for an empty list. With `allowed`, any other
+    value stops the script before it starts anything."""
     v = os.environ.get(name, "").strip()
-    return [x.strip() for x in v.split(",") if x.strip()] if v else default
+    values = [x.strip() for x in v.split(",") if x.strip()] if v else default
+    if values == ["none"]:
+        return []
+    if allowed is not None:
+        unknown = [x for x in values if x not in allowed]
+        if unknown:
+            sys.exit(f"{name}: unknown {', '.join(unknown)} (one or more of {', '.join(allowed)}, or none)")
+    return values
 
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 SECONDS = env_int("BENCH_SECONDS", 3 if QUICK else 10)
 CLIENTS = [int(x) for x in env_list("BENCH_CLIENTS", ["1", "20"] if QUICK else ["1", "20", "100"])]
-PROTOCOLS = env_list("BENCH_PROTOCOLS", ["simple", "extended", "prepared"])
-SCRIPTS = env_list("BENCH_SCRIPTS", ["select-only", "tpcb-like"])
+PROTOCOLS = env_list("BENCH_PROTOCOLS", ["simple", "extended", "prepared"],
+                     allowed=["simple", "extended", "prepared"])
+SCRIPTS = env_list("BENCH_SCRIPTS", ["select-only", "tpcb-like"], allowed=["select-only", "tpcb-like"])
 TENANTS = env_int("BENCH_TENANTS", 10)
 SCALE = env_int("BENCH_SCALE", 10)
 RLS_ROWS = env_int("BENCH_RLS_ROWS", 100_000)          # rows per tenant in the RLS table
