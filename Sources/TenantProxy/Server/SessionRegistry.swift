@@ -24,7 +24,6 @@ final class SessionRegistry: @unchecked Sendable {
     private let lock = NIOLock()
     private var entries: [Int32: Entry] = [:]
     private var onEmpty: (() -> Void)?
-    private var generator = SystemRandomNumberGenerator()
     let maxSessions: Int
     /// 1-255 when several instances share one address: written into bits 23-30 of every
     /// process id handed out, so a peer that receives the cancel request knows whose it is.
@@ -47,20 +46,23 @@ final class SessionRegistry: @unchecked Sendable {
     /// Registers a session and returns the key the client will use to cancel its queries, or nil
     /// when the global client limit is reached.
     func register(_ session: ClientSession) -> BackendKeyData? {
-        lock.withLock {
+        // One draw (one getrandom call) gives the secret and the process id's low bits; made
+        // before the lock, which the other event loops take for their own log-ins and cancels.
+        var generator = SystemRandomNumberGenerator()
+        var word: UInt64 = generator.next()
+        return lock.withLock {
             guard entries.count < maxSessions else { return nil }
-            // One draw (one getrandom call) gives the secret and the process id's low bits.
-            var processID: Int32
-            var secret: Int32
-            repeat {
-                let word: UInt64 = generator.next()
-                secret = Int32(truncatingIfNeeded: word)
+            while true {
+                let secret = Int32(truncatingIfNeeded: word)
                 let low = Int32(truncatingIfNeeded: word >> 32) & ((1 << Int32(Self.instanceShift)) - 1)
                 // Without an id, bits 23-30 stay clear so no peer mistakes the key for its own.
-                processID = Int32(instanceID << Self.instanceShift) | low
-            } while (instanceID == 0 && processID == 0) || entries[processID] != nil
-            entries[processID] = Entry(secret: secret, session: session)
-            return BackendKeyData(processID: processID, secretKey: secret)
+                let processID = Int32(instanceID << Self.instanceShift) | low
+                if (instanceID != 0 || processID != 0) && entries[processID] == nil {
+                    entries[processID] = Entry(secret: secret, session: session)
+                    return BackendKeyData(processID: processID, secretKey: secret)
+                }
+                word = generator.next()
+            }
         }
     }
 
