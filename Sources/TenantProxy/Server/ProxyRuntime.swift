@@ -16,6 +16,12 @@ final class ProxyRuntime: @unchecked Sendable {
     /// Also where the tenant and user setting names are read on the hot path: they only change
     /// with a restart, so no lock is taken for them.
     let injector: ContextInjector
+    /// The guards a log-in starts with, per user mode, built once from the injector's setting
+    /// names (each log-in built its policy's sets again): global users have no statement guard;
+    /// a switch user's tenant SET is tracked as its context.
+    let pinnedStatementGuard: StatementGuard
+    let switchStatementGuard: StatementGuard
+    let switchTransactionGuard: TransactionModeGuard
     /// Per-process secret for the fake SCRAM exchange of unknown users.
     let mockSecret: [UInt8]
 
@@ -77,6 +83,10 @@ final class ProxyRuntime: @unchecked Sendable {
         self.throttle = LoginThrottle(limit: config.auth.lockoutFailures, windowSeconds: config.auth.lockoutWindowSeconds,
                                       lockoutSeconds: config.auth.lockoutSeconds)
         self.injector = ContextInjector(tenantSetting: config.tenancy.tenantSetting, userSetting: config.tenancy.userSetting)
+        let contextSettings: Set<String> = [injector.tenantSetting, injector.userSetting]
+        self.pinnedStatementGuard = StatementGuard(policy: GuardPolicy(tenantSettings: contextSettings, mode: .pinned))
+        self.switchStatementGuard = StatementGuard(policy: GuardPolicy(tenantSettings: contextSettings, mode: .switchTenant))
+        self.switchTransactionGuard = TransactionModeGuard(alsoTracked: [injector.tenantSetting])
         self._mapModified = FileStamp(of: config.tenancy.mapFile)
         self._tenantLeaseLimit.store(config.pool.tenantMaxConnections, ordering: .relaxed)
         self.mockSecret = SCRAMServerExchange.makeMockSecret()

@@ -505,16 +505,18 @@ final class ClientSession: UpstreamConnectionOwner {
         self.binding = binding
         tally = runtime.stats(for: client.eventLoop)?.tally(for: binding.tenant?.id ?? "")
         placementGeneration = seenMapGeneration
-        let mode: GuardPolicy.Mode
         switch binding.mode {
-        case .pinned: mode = .pinned
-        case .switch: mode = .switchTenant
-        case .global: mode = .global
+        case .pinned:
+            statementGuard = runtime.pinnedStatementGuard
+            transactionGuard = TransactionModeGuard()
+        case .switch:
+            statementGuard = runtime.switchStatementGuard
+            // A switch user's tenant SET becomes its context, which the proxy restores on every lend.
+            transactionGuard = runtime.switchTransactionGuard
+        case .global:
+            statementGuard = nil
+            transactionGuard = TransactionModeGuard()
         }
-        let settings: Set<String> = [runtime.injector.tenantSetting, runtime.injector.userSetting]
-        statementGuard = mode == .global ? nil : StatementGuard(policy: GuardPolicy(tenantSettings: settings, mode: mode))
-        // A switch user's tenant SET becomes its context, which the proxy restores on every lend.
-        transactionGuard = TransactionModeGuard(alsoTracked: mode == .switchTenant ? [runtime.injector.tenantSetting] : [])
     }
 
     /// Settings a client asked for at start-up: its parameters and `-c` options, lower-case names.
