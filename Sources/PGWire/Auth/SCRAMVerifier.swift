@@ -104,7 +104,8 @@ public struct SCRAMVerifier: Equatable, Sendable {
 /// Kept as the two SHA-256 states of each HMAC (after the key XOR ipad and the key XOR opad blocks)
 /// and fed through `SHA256.update(bufferPointer:)`: swift-crypto's `HMAC` takes its input through
 /// an unspecialised `DataProtocol` generic whose region walk and run-time metadata lookups cost
-/// more than the two hashes themselves (about 40 µs of CPU per log-in, measured with perf).
+/// more than the two hashes themselves (perf of `pgbench -C`: 19 µs of CPU per log-in for the
+/// two MACs through `HMAC`, 6 µs this way).
 struct SCRAMKeyedMACs: Sendable {
     struct Keyed: Sendable {
         let inner: SHA256
