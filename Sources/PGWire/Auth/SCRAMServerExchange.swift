@@ -49,17 +49,17 @@ public struct SCRAMServerExchange: Sendable {
         self.doomed = doomed
     }
 
+    /// A process-wide secret for `mock(username:secret:)`, made once at start.
+    public static func makeMockSecret() -> [UInt8] {
+        SCRAMPrimitives.randomBytes(32)
+    }
+
     /// Used when the user is unknown: produce a plausible server-first from a deterministic fake verifier so unknown users are indistinguishable until the proof fails.
     ///
     /// The salt is derived from the username and the proxy's `secret` (as PostgreSQL derives its
     /// mock salt from the username and a cluster-wide nonce), so repeated attempts for the same
     /// unknown user see the same salt, and a prober cannot tell that the user does not exist.
     /// The iteration count is PostgreSQL's default. `receiveClientFinal(_:)` always throws `.invalidProof`.
-    /// A process-wide secret for `mock(username:secret:)`, made once at start.
-    public static func makeMockSecret() -> [UInt8] {
-        SCRAMPrimitives.randomBytes(32)
-    }
-
     public static func mock(username: String, secret: [UInt8]) -> SCRAMServerExchange {
         mock(username: username, secret: secret, channelBinding: nil)
     }
