@@ -230,11 +230,15 @@ class QueryRunner(threading.Thread):
 
 
 def wait_active(pg: h.PostgresServer, mark: str, runner: QueryRunner | None = None):
-    def active():
+    """Waits until the backend running the pg_sleep query marked `mark` is inside pg_sleep.
+    'active' alone is not enough: asyncpg prepares with Parse/Describe/Flush, and the backend
+    shows the statement as 'active' (waiting on ClientRead) between that and the Bind. A task
+    cancelled there never sends the Bind, so there is no running query for a cancel to end."""
+    def sleeping():
         if runner is not None and not runner.is_alive():
             raise AssertionError(f"query ended early: {runner.error!r}")
-        return [r for r in pg.active_queries(mark) if r[1] == "active"]
-    return h.wait_until(active, 30, f"query {mark} active in pg_stat_activity")
+        return [r for r in pg.active_queries(mark) if r[1] == "active" and r[3] == "PgSleep"]
+    return h.wait_until(sleeping, 30, f"query {mark} sleeping in pg_stat_activity")
 
 
 @pytest.mark.timeout_s(90)
