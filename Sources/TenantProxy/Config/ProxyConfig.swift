@@ -148,6 +148,17 @@ struct ProxyConfig: Sendable {
         baseDirectory: String,
         environment: [String: String]
     ) throws -> ProxyConfig {
+        try parseReadingKeys(text, file: file, baseDirectory: baseDirectory, environment: environment).config
+    }
+
+    /// `parse`, also giving the dotted name of every key the parser reads (SHOW CONFIG's rows are
+    /// checked against them).
+    static func parseReadingKeys(
+        _ text: String,
+        file: String,
+        baseDirectory: String,
+        environment: [String: String]
+    ) throws -> (config: ProxyConfig, keys: Set<String>) {
         let root: TOMLTable
         do {
             root = try TOMLTable(string: text)
@@ -274,7 +285,7 @@ struct ProxyConfig: Sendable {
         if !reader.problems.isEmpty {
             throw ConfigError(file: file, problems: reader.problems)
         }
-        return config
+        return (config, reader.keysAsked)
     }
 
     /// One upstream cluster: `[upstream]` or a `[clusters.NAME]` section, same keys.

@@ -124,6 +124,16 @@ struct TOMLSectionReader {
         return result
     }
 
+    /// The dotted name of every key a reader asked for (`server.listen_port`,
+    /// `clusters.replica.host`, `peers`): the settings this version knows.
+    var keysAsked: Set<String> {
+        var keys: Set<String> = []
+        for (section, names) in known {
+            for name in names { keys.insert(Self.dotted(section, name)) }
+        }
+        return keys
+    }
+
     /// Reports sections and keys that no reader asked for.
     mutating func reportUnknownKeys() {
         for top in root.keys {

@@ -220,7 +220,7 @@ final class ProxyRuntime: @unchecked Sendable {
 
     /// Puts back into `fresh` the values of keys that only take effect after a restart, and names
     /// those that changed: one list says both which keys they are and how to keep them.
-    private static func keepRestartOnly(in fresh: inout ProxyConfig, from old: ProxyConfig) -> [String] {
+    static func keepRestartOnly(in fresh: inout ProxyConfig, from old: ProxyConfig) -> [String] {
         var kept: [String] = []
         func keep<T: Equatable>(_ path: WritableKeyPath<ProxyConfig, T>, _ key: String) {
             guard fresh[keyPath: path] != old[keyPath: path] else { return }
@@ -235,6 +235,12 @@ final class ProxyRuntime: @unchecked Sendable {
         keep(\.server.cancelPort, "server.cancel_port")
         keep(\.server.maxClientConnections, "server.max_client_connections")
         keep(\.pool.mode, "pool.mode")
+        // Each loop's pool schedules its idle sweep once, at start.
+        keep(\.pool.idleTimeoutSeconds, "pool.idle_timeout_seconds")
+        // The login throttle is made once, at start.
+        keep(\.auth.lockoutFailures, "auth.lockout_failures")
+        keep(\.auth.lockoutWindowSeconds, "auth.lockout_window_seconds")
+        keep(\.auth.lockoutSeconds, "auth.lockout_seconds")
         keep(\.tenancy.tenantSetting, "tenancy.tenant_setting")
         keep(\.tenancy.userSetting, "tenancy.user_setting")
         keep(\.tenancy.mapFile, "tenancy.map_file")
@@ -243,10 +249,9 @@ final class ProxyRuntime: @unchecked Sendable {
         keep(\.metrics.maxTenantLabels, "metrics.max_tenant_labels")
         keep(\.log.level, "log.level")
         keep(\.log.format, "log.format")
-        if (old.jwt == nil) != (fresh.jwt == nil) {
-            fresh.jwt = old.jwt
-            kept.append("jwt")
-        }
+        // The verifier is made once, at start, from these settings (its key sources refresh on
+        // their own): a changed [jwt] section would otherwise show in SHOW CONFIG unused.
+        keep(\.jwt, "jwt")
         return kept
     }
 

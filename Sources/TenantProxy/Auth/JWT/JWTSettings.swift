@@ -5,7 +5,7 @@ import Foundation
 /// Keys come from a JWKS file and/or a JWKS URL (asymmetric keys: RS256, ES256, EdDSA), and from a
 /// shared secret (HS256 only, and only when `hs256Secret` is set). The algorithm is always decided by
 /// the key, never by the token.
-struct JWTSettings: Sendable {
+struct JWTSettings: Sendable, Equatable {
     /// Path to a JWKS JSON file. Re-read on every refresh and on `refreshNow()`.
     var jwksFile: String?
     /// https URL of a JWKS document (plain http is accepted only for loopback hosts, for tests).
