@@ -6,20 +6,18 @@ import XCTest
 /// SHOW CONFIG promises every setting in force: each key the parser reads has a row, each row is
 /// a key the parser reads, and a row says "restart" exactly when RELOAD keeps the running value.
 final class AdminConfigRowsTests: XCTestCase {
-    private var directory = ""
+    private var folder: ScratchFolder!
 
     override func setUpWithError() throws {
-        directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("admin-config-rows-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        folder = try ScratchFolder("admin-config-rows")
         // Only readability is checked when parsing; the contents are not.
         for name in ["tenants.toml", "tenant-map.toml", "server.crt", "server.key", "clients-ca.crt", "upstream-ca.crt", "jwks.json"] {
-            try "".write(toFile: (directory as NSString).appendingPathComponent(name), atomically: true, encoding: .utf8)
+            try folder.write(name)
         }
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(atPath: directory)
+        folder?.remove()
     }
 
     /// Every key this version reads, each set to a value other than its default.
@@ -127,7 +125,7 @@ final class AdminConfigRowsTests: XCTestCase {
         """
 
     private func parse(_ text: String) throws -> (config: ProxyConfig, keys: Set<String>) {
-        try ProxyConfig.parseReadingKeys(text, file: "proxy.conf", baseDirectory: directory, environment: [:])
+        try ProxyConfig.parseReadingKeys(text, file: "proxy.conf", baseDirectory: folder.path, environment: [:])
     }
 
     private func rows(_ config: ProxyConfig) -> [String: (value: String, changeable: String)] {

@@ -5,16 +5,16 @@ import XCTest
 
 /// The operations keys: clusters, peers, instance id, reuse_port, metrics, admin, log format.
 final class OperationsConfigTests: XCTestCase {
-    private var directory = ""
+    private var folder: ScratchFolder!
+    private var directory: String { folder.path }
 
     override func setUpWithError() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("ops-config-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try "".write(toFile: (directory as NSString).appendingPathComponent("tenants.toml"), atomically: true, encoding: .utf8)
+        folder = try ScratchFolder("ops-config")
+        try folder.write("tenants.toml")
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(atPath: directory)
+        folder?.remove()
     }
 
     private func parse(_ text: String) throws -> ProxyConfig {

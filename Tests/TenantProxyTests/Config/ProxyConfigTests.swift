@@ -4,25 +4,22 @@ import XCTest
 @testable import TenantProxy
 
 final class ProxyConfigTests: XCTestCase {
-    private var directory = ""
+    private var folder: ScratchFolder!
+    private var directory: String { folder.path }
 
     override func setUpWithError() throws {
-        directory = FileManager.default.temporaryDirectory
-            .appendingPathComponent("proxy-config-tests-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        folder = try ScratchFolder("proxy-config-tests")
         // The default tenant map must exist, or every parse reports it.
         try write("tenants.toml", "")
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(atPath: directory)
+        folder?.remove()
     }
 
     @discardableResult
     private func write(_ name: String, _ contents: String) throws -> String {
-        let path = (directory as NSString).appendingPathComponent(name)
-        try contents.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
+        try folder.write(name, contents)
     }
 
     /// These tests are about other sections: they run without TLS unless the text says otherwise
