@@ -377,7 +377,7 @@ def test_move_a_tenant_between_two_postgres_servers_under_load(oproxy, ocluster,
 # several instances
 
 
-def test_cancel_request_reaches_the_instance_that_issued_the_key(oproxy):
+def test_cancel_request_reaches_the_instance_that_issued_the_key(oproxy, ocluster):
     port1, port2 = h.free_port(), h.free_port()
     p1 = oproxy(listen_port=port1, server={"instance_id": 1},
                 peers=[{"instance_id": 2, "host": "127.0.0.1", "port": port2}])
@@ -386,8 +386,13 @@ def test_cancel_request_reaches_the_instance_that_issued_the_key(oproxy):
     with h.RawConn(p1.host, p1.port) as raw:
         raw.startup("alice", ts.password_of("alice"), ts.APP_DB)
         assert (raw.backend_pid >> 23) & 0xFF == 1, raw.backend_pid
-        t, out = run_in_thread(lambda: raw.query("SELECT pg_sleep(60)"))
-        ps.wait_until(lambda: client_state(p1, ACME) == ["active"], 20, "the query to run")
+        mark = f"peer_cancel_{os.urandom(3).hex()}"
+        t, out = run_in_thread(lambda: raw.query(f"SELECT pg_sleep(60) /* {mark} */"))
+        # inside pg_sleep: a cancel that reached the backend before it read the query would be
+        # dropped by Postgres, and the sleep would run its 60 s
+        ps.wait_until(lambda: [r for r in ocluster.srv.active_queries(mark) if r[3] == "PgSleep"], 20,
+                      "the query to run")
+        assert client_state(p1, ACME) == ["active"]
         # a wrong secret sent to the peer cancels nothing
         h.send_cancel(p2.host, p2.port, raw.backend_pid, raw.backend_secret ^ 1)
         assert client_state(p1, ACME) == ["active"]
