@@ -92,6 +92,20 @@ def test_many_clients_few_upstream_connections(make_proxy, pg, db):
 
 
 @pytest.mark.timeout_s(120)
+def test_a_size_below_the_loop_count_serves_every_loop(make_proxy, db):
+    """[pool] size 1 on two event loops, clients on both (accepted connections go round the
+    loops): the one connection moves to the loop whose client waits for it. It used to stay
+    with the loop that opened it while the other loop's clients waited into 53300."""
+    p = make_proxy(extra=ps.pool_extra(size=1, threads=2, max_client_wait_seconds=5))
+    conns = [ps.psycopg_connect(p, db) for _ in range(4)]
+    with ps.closing_all(conns):
+        for n in range(5):
+            for i, conn in enumerate(conns):
+                assert conn.execute("SELECT %s::int", (n * 10 + i,)).fetchone()[0] == n * 10 + i
+    assert p.alive()
+
+
+@pytest.mark.timeout_s(120)
 def test_concurrent_logins_on_cold_pool(make_proxy, db):
     """The first clients of a (role, database) log in at once while the pool has no connection
     yet (the proxy borrows one to learn the server's parameters): all get in, the proxy lives."""

@@ -13,7 +13,7 @@ import NIOConcurrencyHelpers
 /// loops together are under the size. When the size is reached, a loop with fewer connections than clients waits for room,
 /// and a loop holding more than it keeps gives some back: its longest idle connection of that
 /// key closes (`shed`) and its next freed ones retire instead of going idle. A loop keeps its
-/// fair share (size / loops), or as many as it has clients if that is fewer.
+/// fair share (size / loops, rounded down), or as many as it has clients if that is fewer.
 ///
 /// Its lock is taken when a connection opens or closes and when a loop first finds no room, not
 /// per transaction: a loop waiting for room is told when there is some (`roomFreed`), and the
@@ -102,8 +102,11 @@ final class PoolBudget: @unchecked Sendable {
     }
 
     /// What a loop keeps of a key when others wait: its fair share, or its clients if fewer.
+    /// Either may be 0: a loop whose clients have all left keeps none, and with a size below the
+    /// number of loops (size 1 on two loops) no loop has a share, so a connection goes where it
+    /// is waited for instead of sitting idle on one loop while the other loop's clients time out.
     private func keeps(_ id: ObjectIdentifier) -> Int {
-        min(max(1, size / loops), max(1, clients[id, default: 0]))
+        min(size / loops, clients[id, default: 0])
     }
 
     /// Counts one more connection of `key` on `pool` if all loops together are under the size.

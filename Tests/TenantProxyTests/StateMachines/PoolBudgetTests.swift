@@ -89,6 +89,43 @@ final class PoolBudgetTests: XCTestCase {
         XCTAssertEqual(budget.count(key), 4)
     }
 
+    /// Size 1 on two loops: the one connection goes to whichever loop waits for it (it was kept
+    /// by the loop that opened it, and the other loop's clients waited until 53300).
+    func testASizeBelowTheLoopCountLetsTheConnectionMove() {
+        budget.resize(1)
+        clients(a, 1)
+        clients(b, 1)
+        XCTAssertTrue(taken(key, for: a))
+        XCTAssertFalse(budget.isWanted(key, from: a), "nobody waits yet")
+        XCTAssertFalse(taken(key, for: b))
+        XCTAssertTrue(budget.isWanted(key, from: a), "a has no share to keep while b waits")
+        budget.give(key, for: a)
+        XCTAssertTrue(taken(key, for: b))
+        XCTAssertFalse(taken(key, for: a))
+        XCTAssertTrue(budget.isWanted(key, from: b), "and back when a waits")
+    }
+
+    /// A loop whose clients all left keeps nothing of a key another loop waits for.
+    func testALoopWithoutClientsGivesEverythingBack() {
+        clients(a, 2)
+        for _ in 0..<4 { XCTAssertTrue(taken(key, for: a)) }
+        budget.clientLeft(a)
+        budget.clientLeft(a)
+        clients(b, 3)
+        XCTAssertFalse(taken(key, for: b))
+        XCTAssertTrue(budget.isWanted(key, from: a))
+        budget.give(key, for: a, count: 3)
+        XCTAssertTrue(taken(key, for: b))
+        XCTAssertTrue(taken(key, for: b))
+        XCTAssertTrue(taken(key, for: b))
+        XCTAssertFalse(taken(key, for: b), "b has a connection for each of its clients")
+        XCTAssertFalse(budget.isWanted(key, from: a))
+        // A fourth client on b: a's last connection (no client of a left) is wanted too.
+        clients(b, 1)
+        XCTAssertFalse(taken(key, for: b))
+        XCTAssertTrue(budget.isWanted(key, from: a))
+    }
+
     func testKeysAndResizeAreSeparate() {
         let other = PoolKey(cluster: "second", user: "proxy", database: "app")
         for _ in 0..<4 { XCTAssertTrue(taken(key, for: a)) }
