@@ -428,6 +428,50 @@ def test_cancel_between_instances_sharing_one_port_goes_through_cancel_ports(opr
             raw.terminate()
 
 
+@pytest.mark.timeout_s(120)
+def test_cancel_follows_the_borrower_of_a_shared_connection(oproxy, ocluster):
+    """Transaction mode, one upstream connection lent in turn to two clients of two tenants: a
+    cancel request ends only the query of the client whose key it carries, and only while that
+    client holds the connection; the client that used the connection just before cannot cancel
+    the next borrower's query. tenant_proxy_cancel_requests_total says where each one went."""
+    port = h.free_port()
+    # one event loop: the clients share the one connection itself, not just the budget for it
+    p = oproxy(size=1, metrics={"listen_port": port}, server={"event_loop_threads": 1})
+
+    def cancels(outcome: str) -> float:
+        return sample(series(scrape(port)[1]), "tenant_proxy_cancel_requests_total", outcome=outcome)
+
+    with h.RawConn(p.host, p.port) as a, h.RawConn(p.host, p.port) as b:
+        a.startup("alice", ts.password_of("alice"), ts.APP_DB)
+        b.startup("bob", ts.password_of("bob"), ts.APP_DB)
+        upstream = a.query("SELECT pg_backend_pid()")
+        assert b.query("SELECT pg_backend_pid()") == upstream, "pool size 1: one upstream connection"
+        mark = f"borrower_cancel_{os.urandom(3).hex()}"
+        t, out = run_in_thread(lambda: b.query(f"SELECT pg_sleep(60) /* {mark} */"))
+
+        def sleeping():
+            return [r for r in ocluster.srv.active_queries(mark) if r[3] == "PgSleep"]
+
+        ps.wait_until(sleeping, 20, "bob's query to run")
+        # alice's key: she used this very connection last, but holds none now
+        assert h.send_cancel(p.host, p.port, a.backend_pid, a.backend_secret) == b""
+        ps.wait_until(lambda: cancels("idle") == 1, 20, "the proxy to route alice's cancel request")
+        # bob's process id with a wrong secret
+        assert h.send_cancel(p.host, p.port, b.backend_pid, b.backend_secret ^ 1) == b""
+        ps.wait_until(lambda: cancels("unknown_key") == 1, 20, "the proxy to route the wrong key")
+        assert cancels("upstream") == 0
+        assert sleeping() and t.is_alive(), f"bob's query ended: {out!r}"
+        # bob's own key ends his query
+        h.send_cancel(p.host, p.port, b.backend_pid, b.backend_secret)
+        t.join(30)
+        assert isinstance(out.get("error"), h.PGError) and out["error"].sqlstate == "57014", out
+        assert cancels("upstream") == 1
+        assert a.query("SELECT 'alice after'") == [["alice after"]]
+        assert b.query("SELECT 'bob after'") == [["bob after"]]
+        a.terminate()
+        b.terminate()
+
+
 def test_rolling_restart_on_one_port_loses_no_committed_transaction(oproxy, ocluster):
     """Three instances take turns on one port (SO_REUSEPORT): start the next, SIGTERM the old.
     Clients of a closing instance get an error only between transactions, reconnect, and every

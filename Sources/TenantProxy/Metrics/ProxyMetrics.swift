@@ -92,6 +92,19 @@ final class ProxyMetrics: Sendable {
         ).increment()
     }
 
+    /// Where a CancelRequest went. `outcome`: `upstream` (sent to the server of the connection
+    /// the client holds), `peer` (another instance issued the key), `idle` (the client holds no
+    /// connection: between transactions, nothing runs), `unknown_key` (no session has that key
+    /// and secret).
+    func cancelRequest(outcome: CancelOutcome) {
+        registry.makeCounter(descriptor: Family.cancelRequests.descriptor, labels: [("outcome", outcome.rawValue)]).increment()
+    }
+
+    enum CancelOutcome: String {
+        case upstream, peer, idle
+        case unknownKey = "unknown_key"
+    }
+
     /// A pooled connection was lent with another tenant's context, cleared and replaced first
     /// (two more statements upstream): how well tenant affinity works for this workload.
     func contextSwitch() {
@@ -174,7 +187,7 @@ final class ProxyMetrics: Sendable {
     /// Every series family, with its name and help text in one place: the registry refuses (traps
     /// on) a second registration of a name with a different help text.
     private enum Family {
-        case authFailures, guardRefusals, poolWait, contextSwitches
+        case authFailures, guardRefusals, poolWait, contextSwitches, cancelRequests
         case transactions, queries, errors, bytesReceived, bytesSent, poolWaitTotal
         case clients, upstreamConnections, waitingClients, tenantClients
 
@@ -184,6 +197,8 @@ final class ProxyMetrics: Sendable {
                 return Self.make("auth_failures", "total", "Client authentication failures, by reason.")
             case .guardRefusals:
                 return Self.make("guard_refusals", "total", "Statements refused by a guard, by tenant and kind.")
+            case .cancelRequests:
+                return Self.make("cancel_requests", "total", "Cancel requests, by where they went.")
             case .poolWait:
                 return Self.make("pool_wait", "seconds", "Time clients waited for an upstream connection.")
             case .contextSwitches:

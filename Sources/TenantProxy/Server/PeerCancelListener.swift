@@ -45,13 +45,22 @@ final class PeerCancelHandler: ChannelInboundHandler {
                 pending = buffer
                 return
             }
-            if case .startup(.cancel(let request)) = part, let target = runtime.registry.cancelTarget(for: request) {
-                let runtime = runtime
-                let loop = context.eventLoop
-                target.whenSuccess { target in
-                    guard let target else { return }
-                    CancelSender.send(target.request, host: target.host, port: target.port, on: loop,
-                                      timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds, logger: runtime.logger, what: "upstream")
+            if case .startup(.cancel(let request)) = part {
+                if let target = runtime.registry.cancelTarget(for: request) {
+                    let runtime = runtime
+                    let loop = context.eventLoop
+                    target.whenSuccess { target in
+                        guard let target else {
+                            runtime.metrics.cancelRequest(outcome: .idle)
+                            return
+                        }
+                        runtime.metrics.cancelRequest(outcome: .upstream)
+                        CancelSender.send(target.request, host: target.host, port: target.port, on: loop,
+                                          timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds, logger: runtime.logger,
+                                          what: "upstream")
+                    }
+                } else {
+                    runtime.metrics.cancelRequest(outcome: .unknownKey)
                 }
             }
         } catch {

@@ -1663,14 +1663,20 @@ final class ClientSession: UpstreamConnectionOwner {
             let instance = SessionRegistry.instance(of: request.processID)
             if instance != 0, instance != config.server.instanceID, let peer = config.peers.first(where: { $0.instanceID == instance }) {
                 logger.debug("cancel request forwarded to peer", metadata: ["peer": "\(peer.instanceID)"])
+                runtime.metrics.cancelRequest(outcome: .peer)
                 sendCancel(request, host: peer.host, port: peer.port, what: "peer")
                 return
             }
             logger.info("cancel request with unknown key ignored")
+            runtime.metrics.cancelRequest(outcome: .unknownKey)
             return
         }
         target.whenSuccess { [self] target in
-            guard let target else { return }
+            guard let target else {
+                runtime.metrics.cancelRequest(outcome: .idle)
+                return
+            }
+            runtime.metrics.cancelRequest(outcome: .upstream)
             sendCancel(target.request, host: target.host, port: target.port, what: "upstream")
         }
     }
