@@ -24,6 +24,26 @@ enum CancelSender {
     }
 }
 
+extension CancelSender {
+    /// Sends `request` to the server of the connection its session holds now (looked up on the
+    /// session's loop, sent from `loop`) and counts where it went: `upstream`, or `idle` when the
+    /// session holds none. False when no session of this instance has that key and secret; what
+    /// that means (a peer's key, or none) is the caller's to decide and count.
+    static func sendToHolder(_ request: CancelRequest, runtime: ProxyRuntime, on loop: EventLoop, logger: Logger) -> Bool {
+        guard let target = runtime.registry.cancelTarget(for: request) else { return false }
+        target.whenSuccess { target in
+            guard let target else {
+                runtime.metrics.cancelRequest(outcome: .idle)
+                return
+            }
+            runtime.metrics.cancelRequest(outcome: .upstream)
+            send(target.request, host: target.host, port: target.port, on: loop,
+                 timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds, logger: logger, what: "upstream")
+        }
+        return true
+    }
+}
+
 /// `[server] cancel_port`: a listener of this instance alone (never shared through SO_REUSEPORT)
 /// that takes only CancelRequests forwarded by peers. What arrives here is never forwarded
 /// again, so a cancel key travels at most one hop between instances.
@@ -45,23 +65,9 @@ final class PeerCancelHandler: ChannelInboundHandler {
                 pending = buffer
                 return
             }
-            if case .startup(.cancel(let request)) = part {
-                if let target = runtime.registry.cancelTarget(for: request) {
-                    let runtime = runtime
-                    let loop = context.eventLoop
-                    target.whenSuccess { target in
-                        guard let target else {
-                            runtime.metrics.cancelRequest(outcome: .idle)
-                            return
-                        }
-                        runtime.metrics.cancelRequest(outcome: .upstream)
-                        CancelSender.send(target.request, host: target.host, port: target.port, on: loop,
-                                          timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds, logger: runtime.logger,
-                                          what: "upstream")
-                    }
-                } else {
-                    runtime.metrics.cancelRequest(outcome: .unknownKey)
-                }
+            if case .startup(.cancel(let request)) = part,
+               !CancelSender.sendToHolder(request, runtime: runtime, on: context.eventLoop, logger: runtime.logger) {
+                runtime.metrics.cancelRequest(outcome: .unknownKey)
             }
         } catch {
             runtime.logger.info("peer cancel port: unreadable packet", metadata: ["error": "\(error)"])

@@ -1655,35 +1655,21 @@ final class ClientSession: UpstreamConnectionOwner {
 
     private func forwardCancel(_ request: CancelRequest) {
         phase = .closed
-        let target = runtime.registry.cancelTarget(for: request)
+        let known = CancelSender.sendToHolder(request, runtime: runtime, on: client.eventLoop, logger: logger)
         client.close(promise: nil)
-        guard let target else {
-            // A key another instance issued (its id is in the process id): pass it on as is.
-            let config = runtime.config
-            let instance = SessionRegistry.instance(of: request.processID)
-            if instance != 0, instance != config.server.instanceID, let peer = config.peers.first(where: { $0.instanceID == instance }) {
-                logger.debug("cancel request forwarded to peer", metadata: ["peer": "\(peer.instanceID)"])
-                runtime.metrics.cancelRequest(outcome: .peer)
-                sendCancel(request, host: peer.host, port: peer.port, what: "peer")
-                return
-            }
-            logger.info("cancel request with unknown key ignored")
-            runtime.metrics.cancelRequest(outcome: .unknownKey)
+        guard !known else { return }
+        // A key another instance issued (its id is in the process id): pass it on as is.
+        let config = runtime.config
+        let instance = SessionRegistry.instance(of: request.processID)
+        if instance != 0, instance != config.server.instanceID, let peer = config.peers.first(where: { $0.instanceID == instance }) {
+            logger.debug("cancel request forwarded to peer", metadata: ["peer": "\(peer.instanceID)"])
+            runtime.metrics.cancelRequest(outcome: .peer)
+            CancelSender.send(request, host: peer.host, port: peer.port, on: client.eventLoop,
+                              timeoutSeconds: config.upstream.connectTimeoutSeconds, logger: logger, what: "peer")
             return
         }
-        target.whenSuccess { [self] target in
-            guard let target else {
-                runtime.metrics.cancelRequest(outcome: .idle)
-                return
-            }
-            runtime.metrics.cancelRequest(outcome: .upstream)
-            sendCancel(target.request, host: target.host, port: target.port, what: "upstream")
-        }
-    }
-
-    private func sendCancel(_ request: CancelRequest, host: String, port: Int, what: String) {
-        CancelSender.send(request, host: host, port: port, on: client.eventLoop, timeoutSeconds: runtime.config.upstream.connectTimeoutSeconds,
-                          logger: logger, what: what)
+        logger.info("cancel request with unknown key ignored")
+        runtime.metrics.cancelRequest(outcome: .unknownKey)
     }
 
     // MARK: - Shutdown
