@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -496,6 +497,46 @@ def test_rolling_restart_on_one_port_loses_no_committed_transaction(oproxy, oclu
     assert work.mid_transaction_errors == [], work.mid_transaction_errors[:3]
     assert ops.todo_ids(ocluster, ACME) == work.confirmed
     assert work.boundary_errors, "the closing instances told their clients (57P01)"
+
+
+def listening_sockets(pid: int, port: int) -> int:
+    """How many TCP sockets of process `pid` listen on `port` (from /proc: the process's socket
+    inodes against the LISTEN rows of /proc/net/tcp and tcp6)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                cols = row.split()
+                local, state, inode = cols[1], cols[3], cols[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
+                    count += 1
+    return count
+
+
+def test_each_event_loop_listens_and_a_taken_port_refuses_a_second_instance(oproxy):
+    """The client port is listened on with one socket per event loop (a SO_REUSEPORT group: each
+    loop accepts its own connections). A second instance on the same port without reuse_port
+    exits with an error that names the port and the setting, instead of joining the group and
+    taking a share of the first one's connections; the first one keeps serving."""
+    port = h.free_port()
+    first = oproxy(listen_port=port)
+    assert listening_sockets(first.pid, port) == 2
+    second = oproxy(listen_port=port, start=False)
+    res = subprocess.run([str(h.proxy_bin()), "--config", str(second.config_path)],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode == 1, res.stderr   # an error, not a crash (debug builds crashed here)
+    assert f"cannot listen on {first.host}:{port}" in res.stderr, res.stderr
+    assert "reuse_port" in res.stderr, res.stderr
+    for _ in range(8):
+        with ts.connect(first, "alice") as conn:
+            assert conn.execute("SELECT 'first'").fetchone()[0] == "first"
+    assert first.alive()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1005,7 +1005,7 @@ def bench(work: Path, procs: Procs) -> int:
 
     verifier = hash_password(BENCH_USER_PW)
     map_text = tenant_map(verifier)
-    max_clients = max(IDLE + 1000, max(CLIENTS) * 2 + 100)
+    max_clients = max(IDLE + 1000, max(CLIENTS + [CONNECT_CLIENTS]) * 2 + 100)
     proxy_s = TenantProxy(work, procs, None, "proxy-session", "session", map_text, max_clients)
     proxy_t = TenantProxy(work, procs, None, "proxy-tx", "transaction", map_text, max_clients)
 

@@ -6,8 +6,8 @@ import NIOConcurrencyHelpers
 ///
 /// Each event loop has its own pool, so a client and its lent connection share a thread. With
 /// the size split evenly between the loops instead, a loop that was handed more clients than
-/// its half (13 or 12 of 20 pgbench clients in the benchmark: accepted connections go round the
-/// loops, and not every one is a pgbench client) kept lending its 10 connections from tenant to
+/// its half (13 or 12 of 20 pgbench clients in the benchmark: each loop accepts on its own socket
+/// and the kernel spreads connections over them by address, not evenly) kept lending its 10 connections from tenant to
 /// tenant (a RESET and a SET upstream each time: 9 to 30% of transactions at 20 clients over 10
 /// tenants) while the other loop had some to spare. Now a loop opens connections while all
 /// loops together are under the size. When the size is reached, a loop with fewer connections than clients waits for room,
