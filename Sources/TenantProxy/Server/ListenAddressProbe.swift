@@ -7,7 +7,8 @@ import NIOCore
 /// per event loop in a SO_REUSEPORT group, which a second instance started by mistake could join
 /// and take a share of the connections; unless `[server] reuse_port` asks for that, the proxy
 /// first binds a socket there without listening: with SO_REUSEADDR (as the listeners have) only
-/// a listening socket on the address makes that bind fail.
+/// a listening socket on the address makes that bind fail. (Two instances started at the same
+/// instant could both pass it: it catches the mistake, it is not a lock.)
 enum ListenAddressProbe {
     struct InUse: Error, CustomStringConvertible {
         let address: String
