@@ -12,10 +12,9 @@ import NIOCore
 enum ListenAddressProbe {
     struct InUse: Error, CustomStringConvertible {
         let address: String
-        let reason: String
 
         var description: String {
-            "cannot listen on \(address): \(reason) (another process listens there; to share the port between instances of the proxy set [server] reuse_port = true in each)"
+            "cannot listen on \(address): Address already in use (another process listens there; to share the port between instances of the proxy set [server] reuse_port = true in each)"
         }
     }
 
@@ -27,12 +26,8 @@ enum ListenAddressProbe {
         var one: Int32 = 1
         _ = setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         let bound = address.withSockAddr { pointer, size in bind(descriptor, pointer, socklen_t(size)) }
-        guard bound == 0 else {
-            let code = errno
-            // Other failures (a privileged port, an address not on this host) are the listeners'
-            // own to report: the bind below fails the same way.
-            if code == EADDRINUSE { throw InUse(address: "\(host):\(port)", reason: String(cString: strerror(code))) }
-            return
-        }
+        // Other failures (a privileged port, an address not on this host) are the listeners' own
+        // to report: their bind fails the same way.
+        if bound != 0, errno == EADDRINUSE { throw InUse(address: "\(host):\(port)") }
     }
 }

@@ -41,9 +41,10 @@ final class ProxyServer: @unchecked Sendable {
         if !config.reusePort, config.listenPort != 0 {
             try ListenAddressProbe.ensureNobodyListens(host: config.listenHost, port: config.listenPort)
         }
+        let shared = loops.count > 1 || config.reusePort
         var port = config.listenPort
         for loop in loops {
-            let channel = try bootstrap(on: loop, shared: loops.count > 1 || config.reusePort)
+            let channel = try bootstrap(on: loop, shared: shared)
                 .bind(host: config.listenHost, port: port).wait()
             listeners.append(channel)
             // Port 0: the first socket's port is the group's.
