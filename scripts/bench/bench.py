@@ -243,6 +243,20 @@ def user_system_seconds(pid: int) -> tuple[float, float]:
     return (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK) if fields else (0.0, 0.0)
 
 
+def schedstat(pid: int) -> tuple[int, int, int] | None:
+    """A process's scheduler accounting summed over its threads (/proc/PID/task/*/schedstat):
+    nanoseconds on a CPU, nanoseconds runnable but waiting for one, times scheduled in."""
+    total = [0, 0, 0]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                for i, field in enumerate((task / "schedstat").read_text().split()[:3]):
+                    total[i] += int(field)
+    except OSError:
+        return None
+    return (total[0], total[1], total[2]) if total[2] else None
+
+
 def postgres_cpu_seconds(postmaster: int) -> float:
     """The whole cluster: postmaster, every live child, and the children that have exited."""
     total = cpu_seconds(postmaster, children=True)
@@ -581,7 +595,7 @@ class Target:
     dbname: Callable[[int, str, str], str]   # (process index, protocol, script) -> database
     options: Callable[[int, str], str | None] = lambda i, s: None   # PGOPTIONS
     label_for: Callable[[str, str], str] | None = None              # (protocol, script) -> label
-    pid: int | None = None                                           # for BENCH_PROFILE
+    pid: int | None = None                                           # the pooler: CPU, schedstat, BENCH_PROFILE
     metrics_port: int | None = None                                  # tenant-proxy's /metrics
 
     def row_label(self, protocol: str, script: str) -> str:
@@ -606,6 +620,7 @@ class Cell:
     instructions: float | None = None   # BENCH_CALLGRIND: the proxy's per transaction
     cpu_us: tuple | None = None         # CPU µs per transaction: (pooler, postgres, pgbench)
     switches_pct: float | None = None   # tenant-proxy: context switches per 100 transactions
+    sched: tuple | None = None          # pooler: (times scheduled in, µs waiting for a CPU) per transaction
 
 
 SCRIPT_ARGS = {"select-only": ["-b", "select-only"], "tpcb-like": ["-b", "tpcb-like"]}
@@ -694,6 +709,7 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                 children_cpu_seconds())
     cpu_before = cpu_now()
     split_before = user_system_seconds(target.pid) if PERF_STAT and target.pid else None
+    sched_before = schedstat(target.pid) if target.pid else None
     for i, c in enumerate(per):
         length = ["-t", str(CALLGRIND)] if callgrind else ["-T", str(SECONDS)]
         args = [pgbench, "-n", *length, "-c", str(c),
@@ -741,6 +757,10 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             failed += int(m_fail.group(1))
     if processed and not callgrind:
         cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(cpu_now(), cpu_before))
+        sched_after = schedstat(target.pid) if sched_before else None
+        if sched_after:
+            cell.sched = ((sched_after[2] - sched_before[2]) / processed,
+                          (sched_after[1] - sched_before[1]) / 1000 / processed)
     if profiler:
         profiler.send_signal(signal.SIGINT)
         try:
@@ -950,6 +970,20 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str],
              "transactions whose pooled connection carried another tenant's context, reset and set "
              "again first (two more statements upstream).",
              "switches per 100 transactions", lambda c: c.switches_pct, ".2f")
+    rows = [c for c in cells if c.sched and not c.error and not c.instructions]
+    if rows:
+        lines += ["", "Poolers' threads and the scheduler (/proc/PID/task/*/schedstat over each cell): how "
+                  "often a thread of the pooler was put on a CPU, and how long its threads were "
+                  "runnable but waiting for one, per transaction. Every wait adds to the latency of "
+                  "the clients whose bytes that thread holds.", "",
+                  "| target | script | protocol | clients | scheduled in per transaction "
+                  "| µs waiting for a CPU per transaction | µs per wait |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for c in rows:
+            script = c.script + (" -C" if c.connect else "")
+            runs, wait = c.sched
+            lines.append(f"| {c.label} | {script} | {c.protocol} | {c.clients} | {runs:.2f} | "
+                         f"{wait:.1f} | {fmt(wait / runs if runs else None, 1)} |")
     if memory:
         lines += ["", "Idle memory per client connection (authenticated, idle, VmRSS of the process "
                   "before and after opening them):", "",
@@ -1147,6 +1181,8 @@ def bench(work: Path, procs: Procs) -> int:
                   f"{cell.tps:,.0f} tps, avg {fmt(cell.avg_ms, 3)} ms, p99 {fmt(cell.p99_ms, 3)} ms")
         if cell.cpu_us:
             status += " (CPU µs/txn pooler {:.1f}, postgres {:.1f}, pgbench {:.1f})".format(*cell.cpu_us)
+        if cell.sched:
+            status += " (pooler per txn: scheduled in {:.2f} times, {:.1f} µs waiting for a CPU)".format(*cell.sched)
         log(f"[{n}/{total}] {cell.label:28} {script:11} {proto:8} c={clients:<3}"
             f"{' -C' if connect else '   '}{f' round {round_no + 1}' if ROUNDS > 1 else ''} {status}")
     for runs in rounds.values():
