@@ -243,18 +243,19 @@ def user_system_seconds(pid: int) -> tuple[float, float]:
     return (int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK) if fields else (0.0, 0.0)
 
 
-def schedstat(pid: int) -> tuple[int, int, int] | None:
-    """A process's scheduler accounting summed over its threads (/proc/PID/task/*/schedstat):
-    nanoseconds on a CPU, nanoseconds runnable but waiting for one, times scheduled in."""
-    total = [0, 0, 0]
+def schedstat(pid: int) -> tuple[int, int] | None:
+    """A process's scheduler accounting summed over its threads (/proc/PID/task/*/schedstat, whose
+    fields are ns on a CPU, ns runnable but waiting for one, times scheduled in): the last two."""
+    waited = runs = 0
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError, ValueError):
-                for i, field in enumerate((task / "schedstat").read_text().split()[:3]):
-                    total[i] += int(field)
+                _, wait_ns, slices = (task / "schedstat").read_text().split()[:3]
+                waited += int(wait_ns)
+                runs += int(slices)
     except OSError:
         return None
-    return (total[0], total[1], total[2]) if total[2] else None
+    return (waited, runs) if runs else None
 
 
 def postgres_cpu_seconds(postmaster: int) -> float:
@@ -759,8 +760,8 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(cpu_now(), cpu_before))
         sched_after = schedstat(target.pid) if sched_before else None
         if sched_after:
-            cell.sched = ((sched_after[2] - sched_before[2]) / processed,
-                          (sched_after[1] - sched_before[1]) / 1000 / processed)
+            cell.sched = ((sched_after[1] - sched_before[1]) / processed,
+                          (sched_after[0] - sched_before[0]) / 1000 / processed)
     if profiler:
         profiler.send_signal(signal.SIGINT)
         try:
@@ -970,7 +971,7 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str],
              "transactions whose pooled connection carried another tenant's context, reset and set "
              "again first (two more statements upstream).",
              "switches per 100 transactions", lambda c: c.switches_pct, ".2f")
-    rows = [c for c in cells if c.sched and not c.error and not c.instructions]
+    rows = [c for c in cells if c.sched and not c.error]   # never set on a callgrind cell
     if rows:
         lines += ["", "Poolers' threads and the scheduler (/proc/PID/task/*/schedstat over each cell): how "
                   "often a thread of the pooler was put on a CPU, and how long its threads were "
