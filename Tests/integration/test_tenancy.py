@@ -919,6 +919,26 @@ def test_audit_reports_a_weakened_proxy_role(make_tproxy, tcluster):
         tcluster.drop_database(dbname)
 
 
+def test_one_pooled_connection_lent_across_tenants_and_users(make_tproxy, expected):
+    """One upstream connection, lent in turn to clients with and without a user id, of one
+    tenant and of another: a switch is one query that sets the new context and resets what it
+    does not set, so no client sees the previous borrower's tenant or user."""
+    p = make_tproxy(extra={"pool": {"mode": "transaction", "size": 1},
+                           "server": {"event_loop_threads": 1}})
+    turns = [("alice", ACME, ALICE_UID), ("carol", ACME, None), ("bob", GLOBEX, BOB_UID),
+             ("carol", ACME, None), ("alice", ACME, ALICE_UID), ("bob", GLOBEX, BOB_UID),
+             ("alice", ACME, ALICE_UID)]
+    backends = set()
+    for who, tid, uid in turns:
+        with ts.connect(p, who) as c:
+            state = session_state(c)
+            assert state["tenant_id"] == tid, (who, state)
+            assert (state["user_id"] or None) == uid, (who, state)
+            assert state["todo_tenants"] == {tid} and state["todo_ids"] == expected[tid], (who, state)
+            backends.add(c.execute("SELECT pg_backend_pid()").fetchone()[0])
+    assert len(backends) == 1, backends
+
+
 # ---------------------------------------------------------------------------------------------
 # isolation = schema and isolation = database
 

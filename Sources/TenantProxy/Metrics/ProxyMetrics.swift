@@ -106,7 +106,8 @@ final class ProxyMetrics: Sendable {
     }
 
     /// A pooled connection was lent with another tenant's context, cleared and replaced first
-    /// (two more statements upstream): how well tenant affinity works for this workload.
+    /// (one more query upstream, in the same write as the client's): how well tenant affinity
+    /// works for this workload.
     func contextSwitch() {
         contextSwitchCounter.increment()
     }

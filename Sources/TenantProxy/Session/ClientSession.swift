@@ -825,11 +825,10 @@ final class ClientSession: UpstreamConnectionOwner {
         var queries: [String] = []
         let wanted = wantedContext ?? ""
         if connection.contextKey != wantedContextKey {
-            if !connection.context.isEmpty {
-                runtime.metrics.contextSwitch()
-                queries.append(runtime.injector.resetStatements(searchPath: ContextInjector.setsSearchPath(connection.context)))
+            if !connection.context.isEmpty { runtime.metrics.contextSwitch() }
+            if let switching = runtime.injector.switchStatements(from: connection.context, to: wanted) {
+                queries.append(switching)
             }
-            if !wanted.isEmpty { queries.append(wanted) }
             connection.context = wanted
         }
         // The connection carries exactly these settings (this client's, or another's with the
