@@ -921,8 +921,8 @@ def test_audit_reports_a_weakened_proxy_role(make_tproxy, tcluster):
 
 def test_one_pooled_connection_lent_across_tenants_and_users(make_tproxy, expected):
     """One upstream connection, lent in turn to clients with and without a user id, of one
-    tenant and of another: a switch is one query that sets the new context and resets what it
-    does not set, so no client sees the previous borrower's tenant or user."""
+    tenant and of another: each switch resets the previous context before setting the new one,
+    so no client sees the previous borrower's tenant or user id."""
     p = make_tproxy(extra={"pool": {"mode": "transaction", "size": 1},
                            "server": {"event_loop_threads": 1}})
     turns = [("alice", ACME, ALICE_UID), ("carol", ACME, None), ("bob", GLOBEX, BOB_UID),

@@ -969,7 +969,7 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str],
              "instructions per transaction", lambda c: c.instructions, ",.0f")
     per_cell("tenant-proxy transaction mode, tenant context switches (tenant_proxy_context_switches_total): "
              "transactions whose pooled connection carried another tenant's context, reset and set "
-             "again first (one more query upstream, in the same write).",
+             "again first (two more statements upstream).",
              "switches per 100 transactions", lambda c: c.switches_pct, ".2f")
     rows = [c for c in cells if c.sched and not c.error]   # never set on a callgrind cell
     if rows:

@@ -106,8 +106,7 @@ final class ProxyMetrics: Sendable {
     }
 
     /// A pooled connection was lent with another tenant's context, cleared and replaced first
-    /// (one more query upstream, in the same write as the client's): how well tenant affinity
-    /// works for this workload.
+    /// (two more statements upstream): how well tenant affinity works for this workload.
     func contextSwitch() {
         contextSwitchCounter.increment()
     }

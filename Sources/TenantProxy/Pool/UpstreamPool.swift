@@ -374,7 +374,7 @@ final class UpstreamPool {
 
     /// Idle connections go first to a waiter near the front that wants the context they carry:
     /// with many tenants and few connections, FIFO alone would RESET and SET the tenant context
-    /// on almost every lend (one more query upstream per transaction).
+    /// on almost every lend (two more statements upstream per transaction).
     private func serveByAffinity(_ lane: Lane) {
         while let (head, waiter) = affinityCandidate(lane) {
             let service = serve(waiter, in: lane)

@@ -825,10 +825,15 @@ final class ClientSession: UpstreamConnectionOwner {
         var queries: [String] = []
         let wanted = wantedContext ?? ""
         if connection.contextKey != wantedContextKey {
-            if !connection.context.isEmpty { runtime.metrics.contextSwitch() }
-            if let switching = runtime.injector.switchStatements(from: connection.context, to: wanted) {
-                queries.append(switching)
+            if !connection.context.isEmpty {
+                // Two queries, RESET then SET, not one: statements of one Query message run in
+                // one implicit transaction, so a failing SET would roll its RESET back and the
+                // client's statements, already sent behind, would run in the previous tenant's
+                // context. Apart, a failing SET leaves none.
+                runtime.metrics.contextSwitch()
+                queries.append(runtime.injector.resetStatements(searchPath: ContextInjector.setsSearchPath(connection.context)))
             }
+            if !wanted.isEmpty { queries.append(wanted) }
             connection.context = wanted
         }
         // The connection carries exactly these settings (this client's, or another's with the
