@@ -112,11 +112,16 @@ enum SCRAMMessage {
         guard !bytes.isEmpty else {
             throw SCRAMError(.malformedMessage, "\(what) is empty")
         }
-        guard !bytes.contains(0) else {
-            throw SCRAMError(.malformedMessage, "\(what) contains a NUL byte")
+        var ascii = true
+        for byte in bytes {
+            if byte == 0 { throw SCRAMError(.malformedMessage, "\(what) contains a NUL byte") }
+            if byte >= 0x80 { ascii = false }
         }
         let string = String(decoding: bytes, as: UTF8.self)
-        guard string.utf8.elementsEqual(bytes) else {
+        // ASCII is valid UTF-8 as it is (every message of a SCRAM log-in from libpq is): the
+        // comparison below walked the string's UTF-8 view generically, ~6,000 instructions per
+        // log-in. Other bytes must come back unchanged (no replacement characters).
+        guard ascii || string.utf8.elementsEqual(bytes) else {
             throw SCRAMError(.malformedMessage, "\(what) is not valid UTF-8")
         }
         return string
@@ -124,17 +129,24 @@ enum SCRAMMessage {
 
     /// Splits "a=1,b=2" into its comma-separated parts, keeping empty parts. By bytes, as RFC 5802
     /// and PostgreSQL read it (splitting by Characters cost tens of thousands of instructions
-    /// per log-in).
+    /// per log-in), in the text's contiguous UTF-8 (stepping the UTF-8 view's indexes one by one
+    /// cost ~5,000 more); a comma is never inside a multi-byte sequence, so every cut is on a
+    /// character boundary.
     static func parts(_ text: Substring) -> [Substring] {
+        var text = text
+        let commas: [Int] = text.withUTF8 { bytes in
+            var offsets: [Int] = []
+            for offset in bytes.indices where bytes[offset] == UInt8(ascii: ",") { offsets.append(offset) }
+            return offsets
+        }
         var result: [Substring] = []
+        result.reserveCapacity(commas.count + 1)
+        let utf8 = text.utf8
         var start = text.startIndex
-        var index = text.utf8.startIndex
-        while index != text.utf8.endIndex {
-            if text.utf8[index] == UInt8(ascii: ",") {
-                result.append(text[start..<index])
-                start = text.utf8.index(after: index)
-            }
-            index = text.utf8.index(after: index)
+        for offset in commas {
+            let comma = utf8.index(utf8.startIndex, offsetBy: offset)
+            result.append(text[start..<comma])
+            start = utf8.index(after: comma)
         }
         result.append(text[start..<text.endIndex])
         return result

@@ -147,6 +147,20 @@ final class SCRAMServerExchangeTests: XCTestCase {
         XCTAssertEqual(scramText(try server.receiveClientFirst(scramBytes("n,,n=any=2Cname,r=abc,x=ext"))).prefix(7), "r=abcS,")
     }
 
+    func testNonASCIIUTF8IsReadByCharactersAndSplitOnlyAtCommas() throws {
+        // Multi-byte names and extension values (é, 日本, an emoji): valid UTF-8 passes, and the
+        // parts are cut at commas only, never inside a character.
+        var server = SCRAMServerExchange(verifier: RFC7677.verifier, serverNonce: "S")
+        XCTAssertEqual(scramText(try server.receiveClientFirst(scramBytes("n,,n=jérôme日本,r=abc,x=🦆,y=é"))).prefix(7), "r=abcS,")
+        XCTAssertEqual(SCRAMMessage.parts("a=é,,b=日本,🦆"), ["a=é", "", "b=日本", "🦆"])
+        XCTAssertEqual(SCRAMMessage.parts(""), [""])
+        XCTAssertEqual(SCRAMMessage.parts(","), ["", ""])
+        XCTAssertEqual(SCRAMMessage.parts("x=1,é"[...].dropFirst(2)), ["1", "é"])
+        XCTAssertEqual(try SCRAMMessage.text(Array("ünï".utf8), what: "m"), "ünï")
+        XCTAssertThrowsError(try SCRAMMessage.text([0x61, 0xE6, 0x97], what: "m"))  // truncated sequence
+        XCTAssertThrowsError(try SCRAMMessage.text([0x61, 0x00, 0x62], what: "m"))
+    }
+
     func testMalformedClientFinalRejected() throws {
         let nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
         let proof = "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
