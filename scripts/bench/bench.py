@@ -314,6 +314,14 @@ class Postgres:
         cmd += ["-f", str(file)] if file else ["-c", sql]
         return run(cmd, env=clean_env()).stdout.strip()
 
+    def sessions(self) -> int | None:
+        """Sessions PostgreSQL has opened (pg_stat_database.sessions, all databases), this
+        query's own included."""
+        try:
+            return int(self.psql("SELECT sum(sessions) FROM pg_stat_database") or 0)
+        except (subprocess.CalledProcessError, ValueError):
+            return None
+
     def start(self):
         self.dir.mkdir(parents=True)
         self.sock.mkdir()
@@ -622,6 +630,7 @@ class Cell:
     cpu_us: tuple | None = None         # CPU µs per transaction: (pooler, postgres, pgbench)
     switches_pct: float | None = None   # tenant-proxy: context switches per 100 transactions
     sched: tuple | None = None          # pooler: (times scheduled in, µs waiting for a CPU) per transaction
+    sessions: float | None = None       # PostgreSQL sessions opened per 1000 transactions
 
 
 SCRIPT_ARGS = {"select-only": ["-b", "select-only"], "tpcb-like": ["-b", "tpcb-like"]}
@@ -677,7 +686,8 @@ def children_cpu_seconds() -> float:
 
 def run_cell(work: Path, target: Target, script: str, protocol: str, clients: int,
              connect: bool, rls_script: Path, procs: Procs, callgrind: "TenantProxy | None" = None,
-             pg_postmaster: int | None = None) -> Cell:
+             pg: "Postgres | None" = None) -> Cell:
+    pg_postmaster = pg.postmaster if pg else None
     cell = Cell(target.key, script, protocol, clients, connect,
                 label=target.row_label(protocol, script))
     logdir = Path(tempfile.mkdtemp(prefix="log-", dir=work))
@@ -700,6 +710,7 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
     # Read before callgrind's counters are zeroed and after they are dumped: a scrape is not the
     # cell's work.
     switches_before = context_switches(target.metrics_port) if target.metrics_port else None
+    sessions_before = pg.sessions() if pg else None
     if callgrind:
         run(["callgrind_control", "-z", str(callgrind.pid)], check=False)
     # CPU time of each party over the cell, from /proc: the pooler's process, the cluster, and
@@ -792,6 +803,12 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
         if total:
             cell.instructions = total / processed
             log(f"callgrind {target.key}: {cell.instructions:,.0f} instructions per transaction")
+    if processed and sessions_before is not None:
+        sessions_after = pg.sessions()
+        if sessions_after is not None:
+            # Less the session of the first count's own query. Backends report their start to the
+            # statistics within about a second, so a count can lag by that much of a cell.
+            cell.sessions = (sessions_after - sessions_before - 1) * 1000 / processed
     if processed and switches_before is not None:
         switches_after = context_switches(target.metrics_port)
         if switches_after is not None:
@@ -971,6 +988,16 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str],
              "transactions whose pooled connection carried another tenant's context, reset and set "
              "again first (two more statements upstream).",
              "switches per 100 transactions", lambda c: c.switches_pct, ".2f")
+    rows = [c for c in cells if c.sessions is not None and not c.error]
+    if rows:
+        lines += ["", "PostgreSQL sessions opened during each cell, per 1000 transactions "
+                  "(pg_stat_database.sessions before and after): a pooler that keeps its server "
+                  "connections opens none; each one opened costs PostgreSQL a backend and a log-in.", "",
+                  "| target | script | protocol | clients | sessions per 1000 transactions |",
+                  "|---|---|---|---:|---:|"]
+        for c in rows:
+            script = c.script + (" -C" if c.connect else "")
+            lines.append(f"| {c.label} | {script} | {c.protocol} | {c.clients} | {c.sessions:.2f} |")
     rows = [c for c in cells if c.sched and not c.error]   # never set on a callgrind cell
     if rows:
         lines += ["", "Poolers' threads and the scheduler (/proc/PID/task/*/schedstat over each cell): how "
@@ -1172,7 +1199,7 @@ def bench(work: Path, procs: Procs) -> int:
             reset_tpcb(pg)
         cell = run_cell(work, t, script, proto, clients, connect, rls_script, procs,
                         callgrind=proxy_t if t.key == "proxy-tx" and proxy_t.under_callgrind else None,
-                        pg_postmaster=pg.postmaster)
+                        pg=pg)
         cell.group = (script, proto, clients, connect)
         runs = rounds.setdefault(cell.group, [])
         if round_no == len(runs):
