@@ -577,8 +577,10 @@ def sample(values: dict[str, float], name: str, **labels: str) -> float:
 def test_metrics_after_a_known_workload(oproxy):
     port = h.free_port()
     p = oproxy(size=2, metrics={"listen_port": port, "max_tenant_labels": 1})
+    # The metrics endpoint is up before the client port (which the harness waited for); /readyz
+    # turns ready once every client listener is bound, a moment after the first accepts.
     assert scrape(port, "/healthz") == (200, "ok\n")
-    assert scrape(port, "/readyz") == (200, "ready\n")
+    ps.wait_until(lambda: scrape(port, "/readyz") == (200, "ready\n"), 20, "/readyz to report ready")
     assert scrape(port, "/nope")[0] == 404
     with ts.connect(p, "alice") as alice, ts.connect(p, "bob") as bob:
         for _ in range(5):

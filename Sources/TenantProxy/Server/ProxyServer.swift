@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -11,6 +12,8 @@ final class ProxyServer: @unchecked Sendable {
     let group: MultiThreadedEventLoopGroup
     private var listeners: [Channel] = []
     private var metricsServer: MetricsHTTPServer?
+    /// Every client listener is bound: /readyz answers ready only from then on (and until draining).
+    private let accepting = NIOLockedValueBox(false)
     private var cancelListener: Channel?
     private let done: EventLoopPromise<Void>
 
@@ -41,6 +44,9 @@ final class ProxyServer: @unchecked Sendable {
         if !config.reusePort, config.listenPort != 0 {
             try ListenAddressProbe.ensureNobodyListens(host: config.listenHost, port: config.listenPort)
         }
+        // The metrics endpoint first: once a client can connect, /healthz answers too (a probe or
+        // a test that starts on the client port found it refused for a few milliseconds).
+        try startMetrics()
         let shared = loops.count > 1 || config.reusePort
         var port = config.listenPort
         for loop in loops {
@@ -50,10 +56,10 @@ final class ProxyServer: @unchecked Sendable {
             // Port 0: the first socket's port is the group's.
             if port == 0 { port = channel.localAddress?.port ?? 0 }
         }
+        accepting.withLockedValue { $0 = true }
         runtime.logger.info("listening", metadata: [
             "address": "\(localAddress.map { "\($0)" } ?? "?")", "sockets": "\(listeners.count)",
         ])
-        try startMetrics()
         if config.cancelPort > 0 {
             let runtime = self.runtime
             cancelListener = try ServerBootstrap(group: group)
@@ -99,10 +105,11 @@ final class ProxyServer: @unchecked Sendable {
         let settings = runtime.config.metrics
         guard settings.listenPort > 0 else { return }
         let runtime = self.runtime
+        let accepting = self.accepting
         let server = MetricsHTTPServer(
             group: group, host: settings.listenHost, port: settings.listenPort, metrics: runtime.metrics,
             gather: { loop in runtime.metricsSnapshot(on: loop) },
-            ready: { !runtime.isDraining })
+            ready: { accepting.withLockedValue { $0 } && !runtime.isDraining })
         try server.start()
         metricsServer = server
         runtime.logger.info("metrics endpoint", metadata: ["address": "\(server.localAddress.map { "\($0)" } ?? "?")"])
