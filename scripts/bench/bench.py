@@ -968,15 +968,20 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str],
                               for i, v in enumerate(c.cpu_us)))
             lines.append(f"| {c.label} | {script} | {c.protocol} | {c.clients} | {fmt(c.tps, 0)} | "
                          f"{fmt(c.avg_ms, 3)} | {fmt(c.p99_ms, 3)} | {ratio} | {cpu} |")
-    def per_cell(caption: str, column: str, value: Callable[[Cell], float | None], digits: str):
-        """A small table of one figure per cell (for the cells that have it)."""
+    def per_cell(caption: str, column: str, value: Callable[[Cell], float | None], digits: str,
+                 by_target: bool = False):
+        """A small table of one figure per cell (for the cells that have it), with a target
+        column when several targets have the figure."""
         rows = [c for c in cells if value(c) is not None and not c.error]
         if not rows:
             return
-        lines.extend(["", caption, "", f"| script | protocol | clients | {column} |", "|---|---|---:|---:|"])
+        target_head, target_rule = ("| target ", "|---") if by_target else ("", "")
+        lines.extend(["", caption, "", f"{target_head}| script | protocol | clients | {column} |",
+                      f"{target_rule}|---|---|---:|---:|"])
         for c in rows:
             script = c.script + (" -C" if c.connect else "")
-            lines.append(f"| {script} | {c.protocol} | {c.clients} | {value(c):{digits}} |")
+            target = f"| {c.label} " if by_target else ""
+            lines.append(f"{target}| {script} | {c.protocol} | {c.clients} | {value(c):{digits}} |")
 
     if rounds:
         lines += round_ratios(rounds)
@@ -988,16 +993,10 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str],
              "transactions whose pooled connection carried another tenant's context, reset and set "
              "again first (two more statements upstream).",
              "switches per 100 transactions", lambda c: c.switches_pct, ".2f")
-    rows = [c for c in cells if c.sessions is not None and not c.error]
-    if rows:
-        lines += ["", "PostgreSQL sessions opened during each cell, per 1000 transactions "
-                  "(pg_stat_database.sessions before and after): a pooler that keeps its server "
-                  "connections opens none; each one opened costs PostgreSQL a backend and a log-in.", "",
-                  "| target | script | protocol | clients | sessions per 1000 transactions |",
-                  "|---|---|---|---:|---:|"]
-        for c in rows:
-            script = c.script + (" -C" if c.connect else "")
-            lines.append(f"| {c.label} | {script} | {c.protocol} | {c.clients} | {c.sessions:.2f} |")
+    per_cell("PostgreSQL sessions opened during each cell, per 1000 transactions "
+             "(pg_stat_database.sessions before and after): a pooler that keeps its server "
+             "connections opens none; each one opened costs PostgreSQL a backend and a log-in.",
+             "sessions per 1000 transactions", lambda c: c.sessions, ".2f", by_target=True)
     rows = [c for c in cells if c.sched and not c.error]   # never set on a callgrind cell
     if rows:
         lines += ["", "Poolers' threads and the scheduler (/proc/PID/task/*/schedstat over each cell): how "
