@@ -178,15 +178,25 @@ final class ProxyServer: @unchecked Sendable {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(2)
         }
+        // The handlers exist before any socket is bound: a SIGTERM sent as soon as the port
+        // accepts found the default action still in place and killed the process (exit -15
+        // instead of a drain). Their queue stays suspended until start() has finished, so a
+        // signal that early is held, then handled against a started server.
+        let signalQueue = DispatchQueue(label: "tenant-proxy.signals")
+        signalQueue.suspend()
+        let signals = server.installSignalHandlers(queue: signalQueue)
         do {
             try server.start()
         } catch {
             // A port in use, say: close what did open and stop the loops before reporting it (the
             // unfulfilled drain promise stopped debug builds with "leaking promise" instead).
+            // Signals held so far are dropped: there is nothing left to drain or reload.
+            for source in signals { source.cancel() }
+            signalQueue.resume()
             server.abandon()
             throw error
         }
-        let signals = server.installSignalHandlers()
+        signalQueue.resume()
         ready()
         server.waitUntilStopped()
         withExtendedLifetime(signals) {}
@@ -211,8 +221,8 @@ final class ProxyServer: @unchecked Sendable {
     }
 
     /// SIGTERM and SIGINT drain; SIGHUP reloads proxy.conf, the tenant map and the TLS
-    /// certificate. The map file is also watched.
-    func installSignalHandlers() -> [DispatchSourceSignal] {
+    /// certificate. The map file is also watched. The handlers run on `queue`.
+    func installSignalHandlers(queue: DispatchQueue) -> [DispatchSourceSignal] {
         let runtime = self.runtime
         group.next().scheduleRepeatedTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
             runtime.reloadIfFileChanged()
@@ -223,7 +233,7 @@ final class ProxyServer: @unchecked Sendable {
         ]
         for (signalNumber, action) in actions {
             signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
             source.setEventHandler(handler: action)
             source.resume()
             sources.append(source)
