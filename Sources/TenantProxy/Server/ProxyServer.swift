@@ -197,6 +197,7 @@ final class ProxyServer: @unchecked Sendable {
             throw error
         }
         signalQueue.resume()
+        server.watchMapFile()
         ready()
         server.waitUntilStopped()
         withExtendedLifetime(signals) {}
@@ -220,13 +221,19 @@ final class ProxyServer: @unchecked Sendable {
         try? group.syncShutdownGracefully()
     }
 
-    /// SIGTERM and SIGINT drain; SIGHUP reloads proxy.conf, the tenant map and the TLS
-    /// certificate. The map file is also watched. The handlers run on `queue`.
-    func installSignalHandlers(queue: DispatchQueue) -> [DispatchSourceSignal] {
+    /// Reloads the tenant map when its file changes on disk (checked every 2 s), once the server
+    /// has started.
+    func watchMapFile() {
         let runtime = self.runtime
         group.next().scheduleRepeatedTask(initialDelay: .seconds(2), delay: .seconds(2)) { _ in
             runtime.reloadIfFileChanged()
         }
+    }
+
+    /// SIGTERM and SIGINT drain; SIGHUP reloads proxy.conf, the tenant map and the TLS
+    /// certificate. The handlers run on `queue`.
+    func installSignalHandlers(queue: DispatchQueue) -> [DispatchSourceSignal] {
+        let runtime = self.runtime
         var sources: [DispatchSourceSignal] = []
         let actions: [(Int32, () -> Void)] = [
             (SIGTERM, { [self] in shutdown() }), (SIGINT, { [self] in shutdown() }), (SIGHUP, { runtime.reload() }),
