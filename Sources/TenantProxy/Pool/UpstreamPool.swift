@@ -189,9 +189,12 @@ final class UpstreamPool {
             self?.closeIdle(olderThan: .seconds(idleTimeout))
         }
         // One sweep a second ends waits over max_client_wait_seconds (rather than a timer per
-        // waiter, scheduled and cancelled on every wait).
+        // waiter, scheduled and cancelled on every wait), and while a lane waits for room, asks
+        // the budget again (another loop's hold on its recent clients may have run out).
         eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
-            self?.expireWaiters()
+            guard let self else { return }
+            expireWaiters()
+            if lanes.values.contains(where: { $0.awaitingRoom }) { budget.refresh() }
         }
     }
 

@@ -14,13 +14,15 @@ final class PoolBudgetTests: XCTestCase {
     private var b: UpstreamPool!
     private var budget: PoolBudget!
     private let key = PoolKey(user: "proxy", database: "app")
+    /// The budget's clock: a loop keeps what its clients needed over the last `clientHold`.
+    private var clock = NIODeadline.uptimeNanoseconds(1_000_000_000)
 
     override func setUp() {
         runtime = ProxyRuntime(config: ProxyConfig(), map: TenantMap(), logger: ProxyLogging.makeLogger(level: "critical"))
         loops = [EmbeddedEventLoop(), EmbeddedEventLoop()]
         a = UpstreamPool(eventLoop: loops[0], runtime: runtime)
         b = UpstreamPool(eventLoop: loops[1], runtime: runtime)
-        budget = PoolBudget(size: 4)
+        budget = PoolBudget(size: 4, now: { [unowned self] in self.clock })
         budget.attach([a, b])
     }
 
@@ -105,7 +107,8 @@ final class PoolBudgetTests: XCTestCase {
         XCTAssertTrue(budget.isWanted(key, from: b), "and back when a waits")
     }
 
-    /// A loop whose clients all left keeps nothing of a key another loop waits for.
+    /// A loop whose clients all left keeps nothing of a key another loop waits for, once the
+    /// hold on its recent clients is over.
     func testALoopWithoutClientsGivesEverythingBack() {
         clients(a, 2)
         for _ in 0..<4 { XCTAssertTrue(taken(key, for: a)) }
@@ -113,10 +116,17 @@ final class PoolBudgetTests: XCTestCase {
         budget.clientLeft(a)
         clients(b, 3)
         XCTAssertFalse(taken(key, for: b))
-        XCTAssertTrue(budget.isWanted(key, from: a))
-        budget.give(key, for: a, count: 3)
+        XCTAssertTrue(budget.isWanted(key, from: a), "over its share of 2 even with its clients held")
+        budget.give(key, for: a, count: 2)
         XCTAssertTrue(taken(key, for: b))
         XCTAssertTrue(taken(key, for: b))
+        XCTAssertFalse(taken(key, for: b))
+        XCTAssertFalse(budget.isWanted(key, from: a), "its two clients of a moment ago still count")
+        clock = clock + PoolBudget.clientHold
+        XCTAssertFalse(budget.isWanted(key, from: a), "no event has looked again yet")
+        budget.refresh()   // each pool's one-second sweep while it waits for room
+        XCTAssertTrue(budget.isWanted(key, from: a), "the hold is over: a keeps nothing")
+        budget.give(key, for: a, count: 1)
         XCTAssertTrue(taken(key, for: b))
         XCTAssertFalse(taken(key, for: b), "b has a connection for each of its clients")
         XCTAssertFalse(budget.isWanted(key, from: a))
@@ -124,6 +134,30 @@ final class PoolBudgetTests: XCTestCase {
         clients(b, 1)
         XCTAssertFalse(taken(key, for: b))
         XCTAssertTrue(budget.isWanted(key, from: a))
+    }
+
+    /// Clients that connect for each transaction: a loop's count dips between them. The dip does
+    /// not make it give a connection to the other loop (which gave one back at its own next dip:
+    /// a new server connection every few hundred transactions).
+    func testAMomentaryDipInClientsKeepsTheShare() {
+        clients(a, 2)
+        clients(b, 2)
+        for _ in 0..<2 { XCTAssertTrue(taken(key, for: a)) }
+        for _ in 0..<2 { XCTAssertTrue(taken(key, for: b)) }
+        budget.clientLeft(a)
+        budget.clientLeft(a)
+        clients(b, 1)
+        XCTAssertFalse(taken(key, for: b), "the size is reached")
+        XCTAssertFalse(budget.isWanted(key, from: a), "a had two clients a moment ago")
+        clock = clock + .milliseconds(900)
+        clients(a, 1)
+        XCTAssertFalse(budget.isWanted(key, from: a))
+        clock = clock + .milliseconds(200)
+        budget.refresh()
+        XCTAssertTrue(budget.isWanted(key, from: a), "a second without two clients: a keeps one")
+        // A client arriving at the old peak holds it again.
+        clients(a, 1)
+        XCTAssertFalse(budget.isWanted(key, from: a))
     }
 
     func testKeysAndResizeAreSeparate() {
