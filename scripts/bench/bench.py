@@ -268,6 +268,31 @@ def postgres_cpu_seconds(postmaster: int) -> float:
     return total
 
 
+def backend_runtimes(postmaster: int) -> dict[int, int]:
+    """Each live child of the postmaster: nanoseconds on a CPU so far (/proc/PID/schedstat)."""
+    times = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = stat_fields(entry.name)
+        if fields is not None and int(fields[1]) == postmaster:
+            try:
+                times[int(entry.name)] = int((entry / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return times
+
+
+def busiest_processes(before: dict[int, int], after: dict[int, int], share: float = 0.9) -> int:
+    """How many processes ran `share` of the CPU time gained between two backend_runtimes."""
+    gains = sorted((ns - before.get(pid, 0) for pid, ns in after.items()), reverse=True)
+    total, done, count = sum(gains), 0, 0
+    for gain in gains:
+        if done >= share * total:
+            break
+        done += gain
+        count += 1
+    return count
+
+
 def pg_bin() -> Path:
     if os.environ.get("PG_BIN"):
         return Path(os.environ["PG_BIN"])
@@ -630,6 +655,7 @@ class Cell:
     cpu_us: tuple | None = None         # CPU µs per transaction: (pooler, postgres, pgbench)
     switches_pct: float | None = None   # tenant-proxy: context switches per 100 transactions
     sched: tuple | None = None          # pooler: (times scheduled in, µs waiting for a CPU) per transaction
+    backends: int | None = None         # PostgreSQL processes that ran 90% of its CPU in the cell
     sessions: float | None = None       # PostgreSQL sessions opened per 1000 transactions
 
 
@@ -720,6 +746,7 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                 postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
                 children_cpu_seconds())
     cpu_before = cpu_now()
+    backends_before = backend_runtimes(pg_postmaster) if pg_postmaster else {}
     split_before = user_system_seconds(target.pid) if PERF_STAT and target.pid else None
     sched_before = schedstat(target.pid) if target.pid else None
     for i, c in enumerate(per):
@@ -767,6 +794,9 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             lat_sum += float(m_lat.group(1)) * n
         if m_fail:
             failed += int(m_fail.group(1))
+    # Direct connections' backends end with their clients: only a pooler's are still there.
+    if processed and backends_before and not callgrind and target.key != "direct":
+        cell.backends = busiest_processes(backends_before, backend_runtimes(pg_postmaster))
     if processed and not callgrind:
         cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(cpu_now(), cpu_before))
         sched_after = schedstat(target.pid) if sched_before else None
@@ -997,6 +1027,10 @@ def render(cells: list[Cell], memory: list[dict], info: dict, notes: list[str],
              "(pg_stat_database.sessions before and after): a pooler that keeps its server "
              "connections opens none; each one opened costs PostgreSQL a backend and a log-in.",
              "sessions per 1000 transactions", lambda c: c.sessions, ".2f", by_target=True)
+    per_cell("PostgreSQL processes that ran 90% of the cluster's CPU time in each cell "
+             "(/proc/PID/schedstat of the postmaster's children; those that exited during the "
+             "cell are left out): how many server connections shared the queries.",
+             "processes", lambda c: c.backends, "d", by_target=True)
     rows = [c for c in cells if c.sched and not c.error]   # never set on a callgrind cell
     if rows:
         lines += ["", "Poolers' threads and the scheduler (/proc/PID/task/*/schedstat over each cell): how "
