@@ -258,26 +258,30 @@ def schedstat(pid: int) -> tuple[int, int] | None:
     return (waited, runs) if runs else None
 
 
-def postgres_cpu_seconds(postmaster: int) -> float:
-    """The whole cluster: postmaster, every live child, and the children that have exited."""
-    total = cpu_seconds(postmaster, children=True)
+def postmaster_children(postmaster: int):
+    """(/proc entry, stat fields) of each live child of the postmaster."""
     for entry in Path("/proc").glob("[0-9]*"):
         fields = stat_fields(entry.name)
         if fields is not None and int(fields[1]) == postmaster:   # ppid
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            yield entry, fields
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """The whole cluster: postmaster, every live child, and the children that have exited."""
+    total = cpu_seconds(postmaster, children=True)
+    for _, fields in postmaster_children(postmaster):
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
     return total
 
 
 def backend_runtimes(postmaster: int) -> dict[int, int]:
     """Each live child of the postmaster: nanoseconds on a CPU so far (/proc/PID/schedstat)."""
     times = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        fields = stat_fields(entry.name)
-        if fields is not None and int(fields[1]) == postmaster:
-            try:
-                times[int(entry.name)] = int((entry / "schedstat").read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
+    for entry, _ in postmaster_children(postmaster):
+        try:
+            times[int(entry.name)] = int((entry / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
     return times
 
 

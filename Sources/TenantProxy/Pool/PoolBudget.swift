@@ -86,11 +86,8 @@ final class PoolBudget: @unchecked Sendable {
             let count = clients[id, default: 0] + 1
             clients[id] = count
             let time = now()
-            if let peak = peaks[id], peak.count > count, time - peak.at < Self.clientHold {
-                // Below a peak that still counts: kept as it is.
-            } else {
-                peaks[id] = (count, time)
-            }
+            let belowHeldPeak = peaks[id].map { $0.count > count && time - $0.at < Self.clientHold } ?? false
+            if !belowHeldPeak { peaks[id] = (count, time) }
             updateShedding()
         }
     }
