@@ -798,8 +798,9 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             lat_sum += float(m_lat.group(1)) * n
         if m_fail:
             failed += int(m_fail.group(1))
-    # Direct connections' backends end with their clients: only a pooler's are still there.
-    if processed and backends_before and not callgrind and target.key != "direct":
+    # Direct connections' backends end with their clients, and so do those of tenant-proxy in
+    # session mode: only a pool's are still there to be counted.
+    if processed and backends_before and not callgrind and target.key not in ("direct", "proxy-session"):
         cell.backends = busiest_processes(backends_before, backend_runtimes(pg_postmaster))
     if processed and not callgrind:
         cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(cpu_now(), cpu_before))
