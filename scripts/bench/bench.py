@@ -750,7 +750,10 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
                 postgres_cpu_seconds(pg_postmaster) if pg_postmaster else 0.0,
                 children_cpu_seconds())
     cpu_before = cpu_now()
-    backends_before = backend_runtimes(pg_postmaster) if pg_postmaster else {}
+    # Direct connections' backends end with their clients, and so do those of tenant-proxy in
+    # session mode: only a pool's are still there to be counted.
+    count_backends = bool(pg_postmaster) and not callgrind and target.key not in ("direct", "proxy-session")
+    backends_before = backend_runtimes(pg_postmaster) if count_backends else {}
     split_before = user_system_seconds(target.pid) if PERF_STAT and target.pid else None
     sched_before = schedstat(target.pid) if target.pid else None
     for i, c in enumerate(per):
@@ -798,9 +801,7 @@ def run_cell(work: Path, target: Target, script: str, protocol: str, clients: in
             lat_sum += float(m_lat.group(1)) * n
         if m_fail:
             failed += int(m_fail.group(1))
-    # Direct connections' backends end with their clients, and so do those of tenant-proxy in
-    # session mode: only a pool's are still there to be counted.
-    if processed and backends_before and not callgrind and target.key not in ("direct", "proxy-session"):
+    if processed and backends_before:
         cell.backends = busiest_processes(backends_before, backend_runtimes(pg_postmaster))
     if processed and not callgrind:
         cell.cpu_us = tuple((a - b) * 1e6 / processed for a, b in zip(cpu_now(), cpu_before))
