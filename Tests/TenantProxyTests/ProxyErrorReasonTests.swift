@@ -22,6 +22,7 @@ final class ProxyErrorReasonTests: XCTestCase {
             (.tenantSourcesDisagree, "tenant"),
             (.rejectedByRule(user: "alice"), "rejected"),
             (.certificateFailed(user: "alice"), "certificate"),
+            (.loginTimeout(seconds: 60), "login_timeout"),
             (.protocolViolation("SSLRequest sent twice"), "other"),
             (ProxyError(severity: .fatal, sqlState: "28P01", message: "a bad password, worded otherwise"), "bad_credentials"),
             (ProxyError(severity: .fatal, sqlState: "28000", message: "tenant and TLS and rejected, untagged"), "other"),

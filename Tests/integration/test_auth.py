@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import struct
 import subprocess
 
 import asyncpg
@@ -130,6 +131,50 @@ def test_trust_loopback_does_not_trust_other_addresses(make_proxy, db):
     with h.RawConn(addr, p.port) as raw:
         raw.startup("alice", "alicepw", db)
         assert raw.query("SELECT 3") == [["3"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# log-in timeout ([server] login_timeout_seconds)
+
+
+def auth_failures(metrics_port: int) -> dict[str, float]:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    m = re.findall(r'^tenant_proxy_auth_failures_total\{reason="(\w+)"\} (\S+)$', text, re.M)
+    return {reason: float(value) for reason, value in m}
+
+
+def test_clients_that_stall_their_log_in_are_closed(make_proxy, db):
+    metrics_port = h.free_port()
+    p = make_proxy(extra={"server": {"login_timeout_seconds": 1},
+                          "metrics": {"listen_host": "127.0.0.1", "listen_port": metrics_port}})
+    ep = p.endpoint(db)
+    with psycopg.connect(ep.dsn()) as early:
+        # Half a start-up message; a start-up message and no answer to the SCRAM challenge; an
+        # SSLRequest answered and then silence.
+        half = h.RawConn(ep.host, ep.port, timeout=30)
+        half.send(struct.pack("!I", 40) + struct.pack("!I", h.PROTOCOL_3))
+        challenged = h.RawConn(ep.host, ep.port, timeout=30)
+        challenged.send(h.startup_packet({"user": ep.user, "database": db}))
+        tag, body = challenged.read_message()
+        assert tag == b"R" and struct.unpack("!I", body[:4])[0] == 10
+        negotiated = h.RawConn(ep.host, ep.port, timeout=30)
+        assert negotiated.negotiate(h.SSL_CODE) == b"N"
+        for raw in (half, challenged, negotiated):
+            with raw:
+                tag, body = raw.read_message()   # blocks until the proxy gives up on the client
+                assert tag == b"E"
+                fields = h.parse_error_fields(body)
+                assert (fields["S"], fields["C"]) == ("FATAL", "57014"), fields
+                assert fields["M"] == "canceling authentication due to timeout"
+                assert "server.login_timeout_seconds" in fields["H"]
+                assert h.read_until_closed_or_error(raw.sock) == b""
+        # The client that logged in before them has been idle longer than the limit: untouched.
+        assert early.execute("SELECT 1").fetchone() == (1,)
+    assert auth_failures(metrics_port).get("login_timeout") == 3
+    r = psql(ep)
+    assert r.returncode == 0, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------

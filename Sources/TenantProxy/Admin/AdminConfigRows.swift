@@ -13,6 +13,7 @@ enum AdminConfigRows {
         add("server.max_message_bytes", config.server.maxMessageBytes, reloadable: true)
         add("server.max_client_connections", config.server.maxClientConnections, reloadable: false)
         add("server.shutdown_timeout_seconds", config.server.shutdownTimeoutSeconds, reloadable: true)
+        add("server.login_timeout_seconds", config.server.loginTimeoutSeconds, reloadable: true)
         add("server.event_loop_threads", config.server.eventLoopThreads, reloadable: false)
         add("server.reuse_port", config.server.reusePort, reloadable: false)
         add("server.instance_id", config.server.instanceID, reloadable: false)

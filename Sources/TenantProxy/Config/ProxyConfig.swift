@@ -9,6 +9,8 @@ struct ProxyConfig: Sendable {
         var maxMessageBytes = 64 * 1024 * 1024
         var maxClientConnections = 10_000
         var shutdownTimeoutSeconds = 30
+        /// A client that has not logged in this long after connecting is closed (FATAL 57014).
+        var loginTimeoutSeconds = 60
         var eventLoopThreads = 0
         /// SO_REUSEPORT on the listener: several instances share one port (rolling restarts).
         var reusePort = false
@@ -178,6 +180,8 @@ struct ProxyConfig: Sendable {
             "server", "max_client_connections", default: config.server.maxClientConnections, range: 1...1_000_000)
         config.server.shutdownTimeoutSeconds = reader.int(
             "server", "shutdown_timeout_seconds", default: config.server.shutdownTimeoutSeconds, range: 0...86_400)
+        config.server.loginTimeoutSeconds = reader.int(
+            "server", "login_timeout_seconds", default: config.server.loginTimeoutSeconds, range: 1...3_600)
         config.server.eventLoopThreads = reader.int(
             "server", "event_loop_threads", default: config.server.eventLoopThreads, range: 0...256)
         config.server.reusePort = reader.bool("server", "reuse_port", default: false)

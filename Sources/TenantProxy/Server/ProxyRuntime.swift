@@ -65,6 +65,8 @@ final class ProxyRuntime: @unchecked Sendable {
     private(set) var pools: [ObjectIdentifier: UpstreamPool] = [:]
     /// Traffic totals per event loop, by tenant; filled with the pools.
     private(set) var loopStats: [ObjectIdentifier: LoopStats] = [:]
+    /// Sessions still logging in, per event loop; filled with the pools.
+    private(set) var loginWatches: [ObjectIdentifier: LoginWatch<ClientSession>] = [:]
     private(set) var loops: [EventLoop] = []
     /// [pool] size across all loops' pools.
     let poolBudget: PoolBudget
@@ -141,8 +143,17 @@ final class ProxyRuntime: @unchecked Sendable {
         for loop in loops {
             pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop, runtime: self)
             loopStats[ObjectIdentifier(loop)] = LoopStats()
+            let watch = LoginWatch<ClientSession>()
+            loginWatches[ObjectIdentifier(loop)] = watch
+            loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+                for session in watch.expire(now: .now()) { session.loginTimedOut() }
+            }
         }
         poolBudget.attach(Array(pools.values))
+    }
+
+    func loginWatch(for loop: EventLoop) -> LoginWatch<ClientSession>? {
+        loginWatches[ObjectIdentifier(loop)]
     }
 
     func pool(for loop: EventLoop) -> UpstreamPool? {

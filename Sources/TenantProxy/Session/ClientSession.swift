@@ -22,6 +22,8 @@ final class ClientSession: UpstreamConnectionOwner {
         /// The admin console (database "proxy"): no upstream, commands answered by the proxy.
         case admin
         case closed
+
+        var loggingIn: Bool { self == .startup || self == .connectingUpstream }
     }
 
     /// What the proxy owes the client when the upstream's next ReadyForQuery arrives: one entry
@@ -72,7 +74,12 @@ final class ClientSession: UpstreamConnectionOwner {
         if let name = binding?.tenant?.name { logger[metadataKey: "tenant"] = "\(name)" }
         return logger
     }
-    private var phase: Phase = .startup
+    private var phase: Phase = .startup {
+        didSet {
+            // Out of log-in (ready, admin console, closed, or a cancel request): off the watch.
+            if oldValue.loggingIn, !phase.loggingIn { runtime.loginWatch(for: client.eventLoop)?.finish(self) }
+        }
+    }
     private let transactionPooling: Bool
 
     private var frontendDecoder: PGFrontendDecoder
@@ -185,6 +192,17 @@ final class ClientSession: UpstreamConnectionOwner {
         self.frontendDecoder = PGFrontendDecoder(maxMessageLength: maxMessage)
         self.backendDecoder = PGBackendDecoder(maxMessageLength: maxMessage)
         self.startupMachine = Boxed(ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret))
+        runtime.loginWatch(for: client.eventLoop)?.watch(self, until: .now() + .seconds(Int64(config.server.loginTimeoutSeconds)))
+    }
+
+    /// `[server] login_timeout_seconds` passed before the log-in finished (called by the loop's
+    /// LoginWatch).
+    func loginTimedOut() {
+        guard phase.loggingIn else { return }
+        let seconds = runtime.config.server.loginTimeoutSeconds
+        runtime.metrics.authFailure(reason: "login_timeout")
+        logger.info("refused client: log-in not finished in time", metadata: ["timeout_seconds": "\(seconds)"])
+        fail(.loginTimeout(seconds: seconds))
     }
 
     static func isLoopback(_ address: SocketAddress?) -> Bool {

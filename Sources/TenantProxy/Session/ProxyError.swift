@@ -70,6 +70,14 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
         severity: .fatal, sqlState: "53300", message: "sorry, too many clients already",
         hint: "Raise server.max_client_connections or close idle connections.")
 
+    /// As PostgreSQL's authentication_timeout ("canceling authentication due to timeout").
+    static func loginTimeout(seconds: Int) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "57014", message: "canceling authentication due to timeout",
+                   detail: "The log-in did not finish within \(seconds) seconds of connecting.",
+                   hint: "Check that the client completes the start-up and authentication exchange; "
+                       + "the limit is server.login_timeout_seconds.").reason("login_timeout")
+    }
+
     static let shuttingDown = ProxyError(
         severity: .fatal, sqlState: "57P01", message: "terminating connection because the proxy is shutting down",
         hint: "Reconnect; another proxy instance or the restarted one will serve you.")
