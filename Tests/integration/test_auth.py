@@ -134,7 +134,7 @@ def test_trust_loopback_does_not_trust_other_addresses(make_proxy, db):
 
 
 # ---------------------------------------------------------------------------------------------
-# log-in timeout ([server] login_timeout_seconds)
+# log-in timeout ([server] login_timeout_seconds) and clients that never speak
 
 
 def auth_failures(metrics_port: int) -> dict[str, float]:
@@ -175,6 +175,23 @@ def test_clients_that_stall_their_log_in_are_closed(make_proxy, db):
     assert auth_failures(metrics_port).get("login_timeout") == 3
     r = psql(ep)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_client_that_sends_nothing_is_not_accepted(proxy, db):
+    """TCP_DEFER_ACCEPT: the kernel keeps a connection that has sent nothing (the server side
+    stays SYN-RECV) instead of handing it to the proxy; its first bytes bring it in."""
+    ep = proxy.endpoint(db)
+
+    def syn_recv() -> int:
+        out = h.run(["ss", "-Htn", "state", "syn-recv", f"( sport = :{ep.port} )"]).stdout
+        return len(out.strip().splitlines())
+
+    assert syn_recv() == 0
+    with h.RawConn(ep.host, ep.port) as silent:
+        assert syn_recv() == 1
+        silent.startup(ep.user, ep.password, db)
+        assert syn_recv() == 0
+        assert silent.query("SELECT 'spoke at last'") == [["spoke at last"]]
 
 
 # ---------------------------------------------------------------------------------------------

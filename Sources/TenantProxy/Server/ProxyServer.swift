@@ -69,6 +69,15 @@ final class ProxyServer: @unchecked Sendable {
         }
     }
 
+    /// TCP_DEFER_ACCEPT (Linux): the kernel hands a connection to accept() once its first bytes
+    /// (an SSLRequest or a StartupMessage: a PostgreSQL client always speaks first) have arrived,
+    /// so accepting it and reading them take one wake-up of the loop instead of two, and a
+    /// connection that never sends anything stays in the kernel for `deferAcceptSeconds`
+    /// (SYN-ACK retransmissions) rather than holding a channel. PgBouncer sets the same (45 s).
+    static let deferAccept = ChannelOptions.Types.SocketOption(
+        level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_DEFER_ACCEPT))
+    static let deferAcceptSeconds: SocketOptionValue = 45
+
     /// The client listener of one event loop: what it accepts lives on that loop.
     private func bootstrap(on loop: EventLoop, shared: Bool) -> ServerBootstrap {
         let runtime = self.runtime
@@ -80,6 +89,7 @@ final class ProxyServer: @unchecked Sendable {
             // no setsockopt per connection. At the TCP level: socketOption(.tcp_nodelay) would set
             // SO_DEBUG, which only root may, and failed every connection under a service user.
             .serverChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .serverChannelOption(Self.deferAccept, value: Self.deferAcceptSeconds)
             .childChannelInitializer { channel in
                 // Options and handler set synchronously: as child channel options they went through
                 // a chain of futures on every accepted connection.
