@@ -177,6 +177,27 @@ def test_clients_that_stall_their_log_in_are_closed(make_proxy, db):
     assert r.returncode == 0, r.stderr
 
 
+def test_max_client_connections_counts_log_ins_in_progress(make_proxy, db):
+    p = make_proxy(extra={"server": {"max_client_connections": 3}})
+    ep = p.endpoint(db)
+    with psycopg.connect(ep.dsn()) as one, psycopg.connect(ep.dsn()) as two:
+        with h.RawConn(ep.host, ep.port, timeout=30) as logging_in:
+            # Answered, so accepted and counted: two sessions and one log-in make three.
+            assert logging_in.negotiate(h.SSL_CODE) == b"N"
+            with h.RawConn(ep.host, ep.port, timeout=30) as fourth:
+                fourth.send(h.startup_packet({"user": ep.user, "database": db}))
+                tag, body = fourth.read_message()
+                fields = h.parse_error_fields(body)
+                assert tag == b"E" and (fields["S"], fields["C"]) == ("FATAL", "53300"), fields
+                assert fields["M"] == "sorry, too many clients already"
+                assert h.read_until_closed_or_error(fourth.sock) == b""
+            # The log-in that held the third place finishes and gets it.
+            logging_in.startup(ep.user, ep.password, db)
+            assert logging_in.query("SELECT 'third'") == [["third"]]
+        assert one.execute("SELECT 1").fetchone() == (1,)
+        assert two.execute("SELECT 2").fetchone() == (2,)
+
+
 def test_a_client_that_sends_nothing_is_not_accepted(proxy, db):
     """TCP_DEFER_ACCEPT: the kernel keeps a connection that has sent nothing (the server side
     stays SYN-RECV) instead of handing it to the proxy; its first bytes bring it in."""

@@ -47,6 +47,8 @@ final class ProxyRuntime: @unchecked Sendable {
     private let _mapGeneration = ManagedAtomic<Int>(0)
     /// True while any PAUSE is in force: borrows look no further (no lock) while it is false.
     private let _anyPaused = ManagedAtomic<Bool>(false)
+    /// Client connections accepted that have not finished logging in, on every loop.
+    private let _loggingIn = ManagedAtomic<Int>(0)
     private var _mapModified: FileStamp?
     /// Read at the end of every transaction: an atomic, not the lock.
     private let _draining = ManagedAtomic<Bool>(false)
@@ -150,6 +152,22 @@ final class ProxyRuntime: @unchecked Sendable {
             }
         }
         poolBudget.attach(Array(pools.values))
+    }
+
+    /// A connection was accepted (`true`) or left log-in (`false`: ready, refused or closed).
+    func countLogIn(_ started: Bool) {
+        if started {
+            _loggingIn.wrappingIncrement(ordering: .relaxed)
+        } else {
+            _loggingIn.wrappingDecrement(ordering: .relaxed)
+        }
+    }
+
+    /// `max_client_connections` counts the connections still logging in with the sessions that
+    /// have: a flood of connections that never log in is held to it too, as by PostgreSQL's
+    /// max_connections and PgBouncer's max_client_conn. The caller is counted among the former.
+    var admitsAnotherClient: Bool {
+        registry.count + _loggingIn.load(ordering: .relaxed) <= registry.maxSessions
     }
 
     func loginWatch(for loop: EventLoop) -> LoginWatch<ClientSession>? {

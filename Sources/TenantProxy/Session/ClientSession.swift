@@ -77,7 +77,10 @@ final class ClientSession: UpstreamConnectionOwner {
     private var phase: Phase = .startup {
         didSet {
             // Out of log-in (ready, admin console, closed, or a cancel request): off the watch.
-            if oldValue.loggingIn, !phase.loggingIn { runtime.loginWatch(for: client.eventLoop)?.finish(self) }
+            if oldValue.loggingIn, !phase.loggingIn {
+                runtime.loginWatch(for: client.eventLoop)?.finish(self)
+                runtime.countLogIn(false)
+            }
         }
     }
     private let transactionPooling: Bool
@@ -192,7 +195,14 @@ final class ClientSession: UpstreamConnectionOwner {
         self.frontendDecoder = PGFrontendDecoder(maxMessageLength: maxMessage)
         self.backendDecoder = PGBackendDecoder(maxMessageLength: maxMessage)
         self.startupMachine = Boxed(ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret))
+        runtime.countLogIn(true)
         runtime.loginWatch(for: client.eventLoop)?.watch(self, until: .now() + .seconds(Int64(config.server.loginTimeoutSeconds)))
+    }
+
+    /// Called once the channel is active: over `max_client_connections` (sessions and log-ins
+    /// in progress together) the connection is refused before it costs a log-in.
+    func admit() {
+        guard runtime.admitsAnotherClient else { return fail(.tooManyClients) }
     }
 
     /// `[server] login_timeout_seconds` passed before the log-in finished (called by the loop's

@@ -33,6 +33,7 @@ final class ClientChannelHandler: ChannelInboundHandler {
         }
         self.session = session
         context.fireChannelActive()
+        session.admit()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
