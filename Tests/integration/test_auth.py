@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import secrets
 import struct
 import subprocess
 
@@ -177,10 +178,11 @@ def test_clients_that_stall_their_log_in_are_closed(make_proxy, db):
     assert r.returncode == 0, r.stderr
 
 
-def test_max_client_connections_counts_log_ins_in_progress(make_proxy, db):
+def test_max_client_connections_counts_log_ins_in_progress(make_proxy, pg, db):
     p = make_proxy(extra={"server": {"max_client_connections": 3}})
     ep = p.endpoint(db)
-    with psycopg.connect(ep.dsn()) as one, psycopg.connect(ep.dsn()) as two:
+    with h.RawConn(ep.host, ep.port, timeout=30) as one, psycopg.connect(ep.dsn()) as two:
+        one.startup(ep.user, ep.password, db)
         with h.RawConn(ep.host, ep.port, timeout=30) as logging_in:
             # Answered, so accepted and counted: two sessions and one log-in make three.
             assert logging_in.negotiate(h.SSL_CODE) == b"N"
@@ -191,10 +193,20 @@ def test_max_client_connections_counts_log_ins_in_progress(make_proxy, db):
                 assert tag == b"E" and (fields["S"], fields["C"]) == ("FATAL", "53300"), fields
                 assert fields["M"] == "sorry, too many clients already"
                 assert h.read_until_closed_or_error(fourth.sock) == b""
+            # Full, yet a CancelRequest gets through: one's query is cancelled.
+            mark = f"cancel_when_full_{secrets.token_hex(4)}"
+            one.send(h.message(b"Q", f"SELECT pg_sleep(60) /* {mark} */".encode() + b"\x00"))
+            h.wait_until(lambda: pg.active_queries(mark), 30, "the query to run upstream")
+            assert h.send_cancel(ep.host, ep.port, one.backend_pid, one.backend_secret) == b""
+            error = None
+            while (message := one.read_message())[0] != b"Z":
+                if message[0] == b"E":
+                    error = h.parse_error_fields(message[1])
+            assert error and error["C"] == "57014", error
             # The log-in that held the third place finishes and gets it.
             logging_in.startup(ep.user, ep.password, db)
             assert logging_in.query("SELECT 'third'") == [["third"]]
-        assert one.execute("SELECT 1").fetchone() == (1,)
+        assert one.query("SELECT 1") == [["1"]]
         assert two.execute("SELECT 2").fetchone() == (2,)
 
 

@@ -2,11 +2,9 @@ import NIOCore
 
 /// The client connections of one event loop that have not finished logging in, each with the
 /// moment it must have: `[server] login_timeout_seconds`, as PostgreSQL's authentication_timeout
-/// and PgBouncer's client_login_timeout. Before log-in ends a client counts against no limit
-/// (max_client_connections counts sessions that logged in), so without this a client that sends
-/// half a start-up message, stalls its TLS handshake or never answers the SCRAM challenge would
-/// hold its socket for good, and enough of them would use up the descriptors every other client
-/// needs.
+/// and PgBouncer's client_login_timeout. Without it a client that sends half a start-up message,
+/// stalls its TLS handshake or never answers the SCRAM challenge would hold its socket, and its
+/// place in max_client_connections, for good.
 ///
 /// Loop-confined: a session joins when its channel becomes active and leaves when it is ready,
 /// closes or turns out to be a cancel request (one dictionary insert and one removal per

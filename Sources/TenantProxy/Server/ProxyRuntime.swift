@@ -163,11 +163,16 @@ final class ProxyRuntime: @unchecked Sendable {
         }
     }
 
-    /// `max_client_connections` counts the connections still logging in with the sessions that
-    /// have: a flood of connections that never log in is held to it too, as by PostgreSQL's
-    /// max_connections and PgBouncer's max_client_conn. The caller is counted among the former.
-    var admitsAnotherClient: Bool {
-        registry.count + _loggingIn.load(ordering: .relaxed) <= registry.maxSessions
+    /// Whether a connection still logging in (counted among them) may go on. A start-up message
+    /// must fit in `max_client_connections` with the sessions and the other log-ins in progress,
+    /// as a client does in PostgreSQL's max_connections and PgBouncer's max_client_conn. Before
+    /// it (a CancelRequest, which must get through when the proxy is full, or TLS negotiation)
+    /// twice that many are allowed, as PostgreSQL's postmaster allows twice max_connections
+    /// children: beyond that a connection is refused as soon as it is accepted, so a flood of
+    /// connections that never log in cannot use up the open-file limit (2 x the limit + 128).
+    func admitsLogIn(startupMessage: Bool) -> Bool {
+        let held = registry.count + _loggingIn.load(ordering: .relaxed)
+        return held <= registry.maxSessions * (startupMessage ? 1 : 2)
     }
 
     func loginWatch(for loop: EventLoop) -> LoginWatch<ClientSession>? {

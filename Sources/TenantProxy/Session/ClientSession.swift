@@ -199,10 +199,10 @@ final class ClientSession: UpstreamConnectionOwner {
         runtime.loginWatch(for: client.eventLoop)?.watch(self, until: .now() + .seconds(Int64(config.server.loginTimeoutSeconds)))
     }
 
-    /// Called once the channel is active: over `max_client_connections` (sessions and log-ins
-    /// in progress together) the connection is refused before it costs a log-in.
+    /// Called once the channel is active: far over `max_client_connections` (see
+    /// `ProxyRuntime.admitsLogIn`) the connection is refused before it costs anything more.
     func admit() {
-        guard runtime.admitsAnotherClient else { return fail(.tooManyClients) }
+        guard runtime.admitsLogIn(startupMessage: false) else { return fail(.tooManyClients) }
     }
 
     /// `[server] login_timeout_seconds` passed before the log-in finished (called by the loop's
@@ -353,6 +353,9 @@ final class ClientSession: UpstreamConnectionOwner {
             let action: ClientStartupMachine.Action
             switch part {
             case .startup(let packet):
+                if case .startup = packet, !runtime.admitsLogIn(startupMessage: true) {
+                    return fail(.tooManyClients)
+                }
                 if case .startup(let startup) = packet, let name = startup.user {
                     let split = runtime.resolver().splitUserName(name)
                     userNameTenant = split.tenant
