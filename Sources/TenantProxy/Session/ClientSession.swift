@@ -79,7 +79,7 @@ final class ClientSession: UpstreamConnectionOwner {
             // Out of log-in (ready, admin console, closed, or a cancel request): off the watch.
             if oldValue.loggingIn, !phase.loggingIn {
                 runtime.loginWatch(for: client.eventLoop)?.finish(self)
-                runtime.countLogIn(false)
+                stopCountingAsLogIn()
             }
         }
     }
@@ -161,6 +161,9 @@ final class ClientSession: UpstreamConnectionOwner {
     private var certificateNames: [String]?
     /// A refusal is waiting out the failed-login delay: ignore the client meanwhile.
     private var refusing = false
+    /// Counted among the log-ins in progress (`ProxyRuntime.countLogIn`): from accept until the
+    /// session registers (then the registry counts it) or ends.
+    private var countedAsLogIn = true
     private var pendingMembership: String?
     private var tokenExpired = false
     private var tokenTimer: Scheduled<Void>?
@@ -197,6 +200,14 @@ final class ClientSession: UpstreamConnectionOwner {
         self.startupMachine = Boxed(ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret))
         runtime.countLogIn(true)
         runtime.loginWatch(for: client.eventLoop)?.watch(self, until: .now() + .seconds(Int64(config.server.loginTimeoutSeconds)))
+    }
+
+    /// Registered (so counted by the registry) or done: no longer a log-in in progress. A session
+    /// mode client registers before its upstream connection is made, and must not count twice.
+    private func stopCountingAsLogIn() {
+        guard countedAsLogIn else { return }
+        countedAsLogIn = false
+        runtime.countLogIn(false)
     }
 
     /// Called once the channel is active: far over `max_client_connections` (see
@@ -511,6 +522,7 @@ final class ClientSession: UpstreamConnectionOwner {
             return
         }
         proxyKey = key
+        stopCountingAsLogIn()
         if let token {
             watchExpiry(of: token)
             // The token's user becomes nile.user_id only when it is a member of the tenant.
@@ -1749,6 +1761,7 @@ final class ClientSession: UpstreamConnectionOwner {
         if runtime.isDraining { return fail(.notAcceptingConnections) }
         guard let key = runtime.registry.register(self) else { return fail(.tooManyClients) }
         proxyKey = key
+        stopCountingAsLogIn()
         logger.info("admin console session")
         phase = .admin
         let console = AdminConsole(runtime: runtime, channel: client, user: user, maxMessageBytes: runtime.config.server.maxMessageBytes) {
