@@ -526,7 +526,8 @@ def test_each_event_loop_listens_and_a_taken_port_refuses_a_second_instance(opro
     taking a share of the first one's connections; the first one keeps serving."""
     port = h.free_port()
     first = oproxy(listen_port=port)
-    assert listening_sockets(first.pid, port) == 2
+    # Ready means the port accepts, which the first loop's socket does before the second binds.
+    h.wait_until(lambda: listening_sockets(first.pid, port) == 2, 30, "a listening socket per loop")
     second = oproxy(listen_port=port, start=False)
     res = subprocess.run([str(h.proxy_bin()), "--config", str(second.config_path)],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
