@@ -98,6 +98,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Prometheus text from a proxy's metrics endpoint
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def series(text: str) -> dict[str, float]:
+    """'name{labels}' -> value, for every sample line."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def sample(values: dict[str, float], name: str, **labels: str) -> float:
+    """The value of one series whose labels include `labels` (0 when absent)."""
+    for key, value in values.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            return value
+    return 0.0
+
+
 def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
     """Poll pred() until it returns a truthy value or the deadline passes (then AssertionError)."""
     deadline = time.monotonic() + timeout

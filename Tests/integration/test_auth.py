@@ -138,14 +138,6 @@ def test_trust_loopback_does_not_trust_other_addresses(make_proxy, db):
 # log-in timeout ([server] login_timeout_seconds) and clients that never speak
 
 
-def auth_failures(metrics_port: int) -> dict[str, float]:
-    import urllib.request
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    m = re.findall(r'^tenant_proxy_auth_failures_total\{reason="(\w+)"\} (\S+)$', text, re.M)
-    return {reason: float(value) for reason, value in m}
-
-
 def test_clients_that_stall_their_log_in_are_closed(make_proxy, db):
     metrics_port = h.free_port()
     p = make_proxy(extra={"server": {"login_timeout_seconds": 1},
@@ -173,7 +165,8 @@ def test_clients_that_stall_their_log_in_are_closed(make_proxy, db):
                 assert h.read_until_closed_or_error(raw.sock) == b""
         # The client that logged in before them has been idle longer than the limit: untouched.
         assert early.execute("SELECT 1").fetchone() == (1,)
-    assert auth_failures(metrics_port).get("login_timeout") == 3
+    failures = h.series(h.scrape(metrics_port)[1])
+    assert h.sample(failures, "tenant_proxy_auth_failures_total", reason="login_timeout") == 3
     r = psql(ep)
     assert r.returncode == 0, r.stderr
 

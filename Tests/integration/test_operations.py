@@ -21,6 +21,7 @@ import pytest
 
 import ops_support as ops
 import pgharness as h
+from pgharness import sample, scrape, series
 import pooling_support as ps
 import tenancy_support as ts
 from tenancy_support import ACME, GLOBEX
@@ -542,37 +543,6 @@ def test_each_event_loop_listens_and_a_taken_port_refuses_a_second_instance(opro
 
 # --------------------------------------------------------------------------------------------
 # metrics and logs
-
-
-def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def series(text: str) -> dict[str, float]:
-    """'name{labels}' -> value, for every sample line."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
-def sample(values: dict[str, float], name: str, **labels: str) -> float:
-    """The value of one series whose labels include `labels` (0 when absent)."""
-    for key, value in values.items():
-        base, _, rest = key.partition("{")
-        if base != name:
-            continue
-        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            return value
-    return 0.0
 
 
 def test_metrics_after_a_known_workload(oproxy):
