@@ -76,10 +76,11 @@ final class ClientSession: UpstreamConnectionOwner {
     }
     private var phase: Phase = .startup {
         didSet {
-            // Out of log-in (ready, admin console, closed, or a cancel request): off the watch.
+            // Out of log-in (ready, admin console, closed, or a cancel request): off the watch,
+            // and no longer a log-in in progress unless registering already ended that count.
             if oldValue.loggingIn, !phase.loggingIn {
                 runtime.loginWatch(for: client.eventLoop)?.finish(self)
-                stopCountingAsLogIn()
+                if proxyKey == nil { runtime.countLogIn(false) }
             }
         }
     }
@@ -161,9 +162,6 @@ final class ClientSession: UpstreamConnectionOwner {
     private var certificateNames: [String]?
     /// A refusal is waiting out the failed-login delay: ignore the client meanwhile.
     private var refusing = false
-    /// Counted among the log-ins in progress (`ProxyRuntime.countLogIn`): from accept until the
-    /// session registers (then the registry counts it) or ends.
-    private var countedAsLogIn = true
     private var pendingMembership: String?
     private var tokenExpired = false
     private var tokenTimer: Scheduled<Void>?
@@ -200,14 +198,6 @@ final class ClientSession: UpstreamConnectionOwner {
         self.startupMachine = Boxed(ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret))
         runtime.countLogIn(true)
         runtime.loginWatch(for: client.eventLoop)?.watch(self, until: .now() + .seconds(Int64(config.server.loginTimeoutSeconds)))
-    }
-
-    /// Registered (so counted by the registry) or done: no longer a log-in in progress. A session
-    /// mode client registers before its upstream connection is made, and must not count twice.
-    private func stopCountingAsLogIn() {
-        guard countedAsLogIn else { return }
-        countedAsLogIn = false
-        runtime.countLogIn(false)
     }
 
     /// Called once the channel is active: far over `max_client_connections` (see
@@ -522,7 +512,7 @@ final class ClientSession: UpstreamConnectionOwner {
             return
         }
         proxyKey = key
-        stopCountingAsLogIn()
+        runtime.countLogIn(false)  // the registry counts it now (see `phase`)
         if let token {
             watchExpiry(of: token)
             // The token's user becomes nile.user_id only when it is a member of the tenant.
@@ -1761,7 +1751,7 @@ final class ClientSession: UpstreamConnectionOwner {
         if runtime.isDraining { return fail(.notAcceptingConnections) }
         guard let key = runtime.registry.register(self) else { return fail(.tooManyClients) }
         proxyKey = key
-        stopCountingAsLogIn()
+        runtime.countLogIn(false)  // the registry counts it now (see `phase`)
         logger.info("admin console session")
         phase = .admin
         let console = AdminConsole(runtime: runtime, channel: client, user: user, maxMessageBytes: runtime.config.server.maxMessageBytes) {
