@@ -86,8 +86,7 @@ final class PoolBudget: @unchecked Sendable {
             let count = clients[id, default: 0] + 1
             clients[id] = count
             let time = now()
-            let belowHeldPeak = peaks[id].map { $0.count > count && time - $0.at < Self.clientHold } ?? false
-            if !belowHeldPeak { peaks[id] = (count, time) }
+            if heldPeak(id, at: time) <= count { peaks[id] = (count, time) }
             updateShedding()
         }
     }
@@ -127,9 +126,13 @@ final class PoolBudget: @unchecked Sendable {
     /// on two loops) no loop has a share, so a connection goes where it is waited for instead of
     /// sitting idle on one loop while the other loop's clients time out.
     private func keeps(_ id: ObjectIdentifier) -> Int {
-        var recent = clients[id, default: 0]
-        if let peak = peaks[id], now() - peak.at < Self.clientHold { recent = max(recent, peak.count) }
-        return min(size / loops, recent)
+        min(size / loops, max(clients[id, default: 0], heldPeak(id, at: now())))
+    }
+
+    /// The pool's peak of clients while its `clientHold` lasts, else 0.
+    private func heldPeak(_ id: ObjectIdentifier, at time: NIODeadline) -> Int {
+        guard let peak = peaks[id], time - peak.at < Self.clientHold else { return 0 }
+        return peak.count
     }
 
     /// Counts one more connection of `key` on `pool` if all loops together are under the size.
