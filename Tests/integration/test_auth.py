@@ -7,6 +7,7 @@ import asyncio
 import base64
 import re
 import secrets
+import socket
 import struct
 import subprocess
 
@@ -219,6 +220,51 @@ def test_a_client_that_sends_nothing_is_not_accepted(proxy, db):
         silent.startup(ep.user, ep.password, db)
         assert syn_recv() == 0
         assert silent.query("SELECT 'spoke at last'") == [["spoke at last"]]
+
+
+class ByteAtATime(h.RawConn):
+    """A client whose every byte is a TCP segment of its own (no Nagle)."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(host, port)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, data: bytes):
+        for i in range(len(data)):
+            self.sock.sendall(data[i:i + 1])
+
+
+def test_log_in_messages_arriving_in_pieces(proxy, db):
+    """A start-up packet longer than the proxy's first read (a long application_name), and a
+    log-in whose every byte arrives on its own: the proxy kept reading neither (it stopped
+    reading a client with half a message before authentication, and the client hung)."""
+    ep = proxy.endpoint(db)
+    name = "app-" + "x" * 400
+    r = psql(ep, "SELECT current_setting('application_name')", PGAPPNAME=name)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith("app-xxxxxxxxxx"), r.stdout
+    with ByteAtATime(ep.host, ep.port) as slow:
+        slow.startup(ep.user, ep.password, db, extra={"application_name": name})
+        assert slow.query("SELECT 'in pieces'") == [["in pieces"]]
+
+
+def test_an_oversized_message_before_authentication_is_refused(proxy, db):
+    """Before authentication a message may be at most 65,535 bytes (PostgreSQL's limit for
+    authentication messages): a longer length is refused at its header, before any body."""
+    ep = proxy.endpoint(db)
+    with h.RawConn(ep.host, ep.port) as raw:
+        raw.send(h.startup_packet({"user": ep.user, "database": db}))
+        tag, body = raw.read_message()
+        assert (tag, struct.unpack("!I", body[:4])[0]) == (b"R", 10)
+        raw.send(b"p" + struct.pack("!I", 65_536 + 4))
+        tag, body = raw.read_message()
+        assert tag == b"E"
+        err = h.parse_error_fields(body)
+        assert (err["S"], err["C"]) == ("FATAL", "08P01"), err
+        assert h.read_until_closed_or_error(raw.sock) == b""
+    with h.RawConn(ep.host, ep.port) as raw:
+        raw.startup(ep.user, ep.password, db)
+        assert raw.query("SELECT 'next one fine'") == [["next one fine"]]
 
 
 # ---------------------------------------------------------------------------------------------

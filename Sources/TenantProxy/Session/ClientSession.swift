@@ -82,11 +82,20 @@ final class ClientSession: UpstreamConnectionOwner {
                 runtime.loginWatch(for: client.eventLoop)?.finish(self)
                 if proxyKey == nil { runtime.countLogIn(false) }
             }
+            if oldValue == .startup, phase != .startup {
+                frontendDecoder.maxMessageLength = maxMessageBytes
+            }
         }
     }
     private let transactionPooling: Bool
 
     private var frontendDecoder: PGFrontendDecoder
+    /// `[server] max_message_bytes` as it was when the client connected: the longest message
+    /// after log-in. Before, the limit is `maxLogInMessageBytes`.
+    private let maxMessageBytes: Int
+    /// PostgreSQL's limit on a message before authentication ends (PG_MAX_AUTH_TOKEN_LENGTH):
+    /// what a client has not yet proved who it is cannot make the proxy buffer more.
+    static let maxLogInMessageBytes = 65_535
     private var backendDecoder: PGBackendDecoder
     /// Until log-in ends (then released).
     private var startupMachine: Boxed<ClientStartupMachine>?
@@ -193,7 +202,8 @@ final class ClientSession: UpstreamConnectionOwner {
         let config = runtime.config
         self.transactionPooling = config.pool.mode == .transaction
         let maxMessage = config.server.maxMessageBytes
-        self.frontendDecoder = PGFrontendDecoder(maxMessageLength: maxMessage)
+        self.maxMessageBytes = maxMessage
+        self.frontendDecoder = PGFrontendDecoder(maxMessageLength: min(maxMessage, Self.maxLogInMessageBytes))
         self.backendDecoder = PGBackendDecoder(maxMessageLength: maxMessage)
         self.startupMachine = Boxed(ClientStartupMachine(tlsAvailable: runtime.tls.server != nil, mockSecret: runtime.mockSecret))
         runtime.countLogIn(true)
@@ -285,8 +295,11 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         if buffer.readableBytes > 0, phase != .closed {
             clientPending = buffer
-            if phase != .relaying || (clientPaused && buffer.readableBytes > Self.heldBytesLimit) {
-                // Held bytes stay bounded: stop reading until they can go.
+            // Held bytes stay bounded: stop reading until they can go. Not during log-in, where
+            // what is left is the start of a message still arriving (a start-up packet longer
+            // than the first read, a SASL message in two segments), bounded by the decoder's
+            // limits before authentication.
+            if phase == .connectingUpstream || (phase == .relaying && clientPaused && buffer.readableBytes > Self.heldBytesLimit) {
                 setClientReading(false)
             }
         }
