@@ -766,6 +766,39 @@ def test_parse_duplicate_statement_name_raw(make_proxy, db):
         assert c.run_prepared("s1", ["2"])["rows"] == [["102"]]
 
 
+@pytest.mark.timeout_s(120)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_query_inside_a_failed_extended_batch(make_pool_tproxy, mode):
+    """After an extended message fails, PostgreSQL discards everything up to the Sync, a Query
+    in the middle of the batch included: that Query gets no ReadyForQuery. The proxy waited for
+    one: it held the client after a batch whose Parse reset the context (DISCARD ALL) and hung,
+    and otherwise kept counting one cycle too many, so a transaction-mode connection was never
+    given back while the client stayed."""
+    p = make_pool_tproxy(mode=mode, size=1)
+    skipped = h.message(b"Q", b"SELECT 'skipped'\x00")
+    with ps.ExtConn(p.host, p.port) as c:
+        c.startup("alice", ps.password_of("alice"), ts.APP_DB)
+        # a Parse that fails (two commands), after the proxy saw DISCARD ALL in it
+        r = c.batch(c.parse("", "DISCARD ALL; SELECT 1"), skipped)
+        assert [e.get("C") for e in r["errors"]] == ["42601"] and r["rows"] == [], r
+        assert r["status"] == "I", r
+        # the error already came back (Flush) when the client sends its Query: dropped too
+        c.send(c.parse("", "SELEC 1") + h.message(b"H"))
+        tag, body = c.read_message()
+        assert tag == b"E" and h.parse_error_fields(body)["C"] == "42601"
+        r = c.batch(skipped)
+        assert r["errors"] == [] and r["rows"] == [] and r["tags"] == [b"Z"], r
+        # a Bind that fails, with a Query and an Execute behind it
+        r = c.batch(c.bind("no_such_statement", []), skipped, c.execute())
+        assert [e.get("C") for e in r["errors"]] == ["26000"] and r["rows"] == [], r
+        assert c.query("SELECT current_setting('nile.tenant_id')") == [[ts.ACME]]
+        if mode == "transaction":
+            # the only connection went back to the pool between transactions
+            with ps.tconnect(p, "bob") as bob:
+                assert bob.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ts.GLOBEX
+        assert c.query("SELECT 'still here'") == [["still here"]]
+
+
 def test_psycopg_deallocate_all(make_proxy, db):
     p = make_proxy(extra=ps.pool_extra(size=2))
     with ps.psycopg_connect(p, db, prepare_threshold=0) as conn:

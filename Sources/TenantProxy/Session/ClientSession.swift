@@ -142,7 +142,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Client messages are not relayed while the proxy runs its own query or waits for a connection.
     private var clientPaused = false
     private var injection: Injection?
-    private var cycleNotes: [CycleNote] = []  // an empty array allocates nothing: idle sessions stay small
+    private var cycles = CycleQueue<CycleNote>()
     /// A Parse was refused: drop the client's messages up to its Sync, then answer with the error.
     private var refusedBatch: ErrorResponse?
     /// The refusal already went out (nothing of the batch was pending upstream): the Sync only
@@ -259,7 +259,7 @@ final class ClientSession: UpstreamConnectionOwner {
         connection.reading = reading
         connection.channel.setOption(ChannelOptions.autoRead, value: reading).whenFailure { _ in }
     }
-    private var awaitingReply: Bool { !cycleNotes.isEmpty || injection != nil || extendedOpen }
+    private var awaitingReply: Bool { !cycles.isEmpty || injection != nil || extendedOpen }
 
     // MARK: - Client side events
 
@@ -1102,7 +1102,18 @@ final class ClientSession: UpstreamConnectionOwner {
             guard case .frame(let frame) = part else {
                 throw PGWireError(code: .unexpectedMessage, message: "startup packet after log-in")
             }
-            switch handleClientFrame(frame) {
+            let decision = handleClientFrame(frame)
+            if Self.isExtended(frame.type) {
+                // What PostgreSQL will answer (see CycleQueue): a message renamed or replaced
+                // may go with a Parse the proxy added.
+                switch decision {
+                case .forward: cycles.extendedSent()
+                case .replace(let buffers): cycles.extendedSent(buffers.count)
+                case .rebind(let parse, _, _): cycles.extendedSent(parse == nil ? 1 : 2)
+                case .drop, .pauseAfter, .closed: break
+                }
+            }
+            switch decision {
             case .forward:
                 continue
             case .drop:
@@ -1153,6 +1164,17 @@ final class ClientSession: UpstreamConnectionOwner {
         case closed
     }
 
+    /// Parse, Bind, Describe, Execute, Close: each answered by one completion or an error.
+    private static func isExtended(_ type: UInt8) -> Bool {
+        switch type {
+        case FrontendMessageID.parse.rawValue, FrontendMessageID.bind.rawValue, FrontendMessageID.describe.rawValue,
+             FrontendMessageID.execute.rawValue, FrontendMessageID.close.rawValue:
+            return true
+        default:
+            return false
+        }
+    }
+
     private func syncFrame() -> ByteBuffer {
         var sync = client.allocator.buffer(capacity: 5)
         FrontendMessage.sync.encode(into: &sync)
@@ -1163,6 +1185,9 @@ final class ClientSession: UpstreamConnectionOwner {
         switch frame.type {
         case FrontendMessageID.query.rawValue:
             guard tenantStillActive() else { return .closed }
+            // An extended message of this batch failed: PostgreSQL discards what comes before
+            // the Sync, this Query included (so does the proxy for a batch it refused).
+            if cycles.skippingUntilSync || refusedBatch != nil { return .drop }
             // Text with nothing either guard acts on is not lexed (see GuardPrefilter).
             let guarded = withSQL(frame.payload, skippingName: false, GuardPrefilter.mayMatter)
             var verdict = guarded ? inspect(frame.payload, skippingName: false) : .allow
@@ -1171,13 +1196,13 @@ final class ClientSession: UpstreamConnectionOwner {
                 transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: false)
                 if let refusal = transactionVerdict.refusal {
                     countRefusal("session_state")
-                    cycleNotes.append(.answered([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)]))
+                    cycles.append(.answered([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)]), sync: true)
                     return .replace([syncFrame()])
                 }
             }
             if let refusal = verdict.refusal {
                 countRefusal("context")
-                cycleNotes.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]))
+                cycles.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]), sync: true)
                 return .replace([syncFrame()])
             }
             if let deallocate = transactionVerdict.deallocate {
@@ -1188,13 +1213,13 @@ final class ClientSession: UpstreamConnectionOwner {
                 case .named(let name):
                     guard prepared?[name] != nil else {
                         let error = ErrorResponse(sqlState: "26000", message: "prepared statement \"\(name)\" does not exist")
-                        cycleNotes.append(.answered([.errorResponse(error)]))
+                        cycles.append(.answered([.errorResponse(error)]), sync: true)
                         return .replace([syncFrame()])
                     }
                     prepared?.remove(name)
                 }
                 let tag = deallocate == .all ? "DEALLOCATE ALL" : "DEALLOCATE"
-                cycleNotes.append(.answered([.commandComplete(CommandComplete(tag: tag))]))
+                cycles.append(.answered([.commandComplete(CommandComplete(tag: tag))]), sync: true)
                 return .replace([syncFrame()])
             }
             if transactionVerdict.discardsPreparedStatements {
@@ -1207,16 +1232,16 @@ final class ClientSession: UpstreamConnectionOwner {
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
                 connection?.appliedSettings = nil
-                cycleNotes.append(.reapply)
+                cycles.append(.reapply, sync: false)
                 return .pauseAfter
             }
-            cycleNotes.append(.plain)
+            cycles.append(.plain, sync: false)
             return .forward
 
         case FrontendMessageID.parse.rawValue:
             guard tenantStillActive() else { return .closed }
             if refusedBatch != nil { return .drop }
-            let nothingPending = !extendedOpen && cycleNotes.isEmpty && injection == nil
+            let nothingPending = !extendedOpen && cycles.isEmpty && injection == nil
             extendedOpen = true
             let guarded = withSQL(frame.payload, skippingName: true, GuardPrefilter.mayMatter)
             let verdict = guarded ? inspect(frame.payload, skippingName: true) : .allow
@@ -1255,7 +1280,7 @@ final class ClientSession: UpstreamConnectionOwner {
             extendedOpen = false
             if let error = refusedBatch {
                 refusedBatch = nil
-                cycleNotes.append(.answered(refusedBatchSent ? [] : [.errorResponse(error)]))
+                cycles.append(.answered(refusedBatchSent ? [] : [.errorResponse(error)]), sync: true)
                 refusedBatchSent = false
                 return .forward
             }
@@ -1264,20 +1289,21 @@ final class ClientSession: UpstreamConnectionOwner {
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
                 connection?.appliedSettings = nil
-                cycleNotes.append(.reapply)
+                cycles.append(.reapply, sync: true)
                 return .pauseAfter
             }
-            cycleNotes.append(.plain)
+            cycles.append(.plain, sync: true)
             return .forward
 
         case FrontendMessageID.functionCall.rawValue:
             guard tenantStillActive() else { return .closed }
+            if cycles.skippingUntilSync || refusedBatch != nil { return .drop }
             if let guardian = statementGuard, let refusal = guardian.inspectFunctionCall().refusal {
                 countRefusal("function_call")
-                cycleNotes.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]))
+                cycles.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]), sync: true)
                 return .replace([syncFrame()])
             }
-            cycleNotes.append(.plain)
+            cycles.append(.plain, sync: false)
             return .forward
 
         case FrontendMessageID.terminate.rawValue:
@@ -1601,10 +1627,24 @@ final class ClientSession: UpstreamConnectionOwner {
                 case BackendMessageID.errorResponse.rawValue:
                     tally?.counters.errors += 1
                     buffer.moveReaderIndex(to: frameEnd)
+                    let skipped = cycles.failed()
+                    if !skipped.isEmpty {
+                        emitRun(upTo: frameEnd)
+                        runStart = frameEnd
+                        skippedCycles(skipped)
+                    }
                     continue
-                case BackendMessageID.parseComplete.rawValue where !parseOrigins.isEmpty,
-                     BackendMessageID.parameterStatus.rawValue where transactionPooling:
+                case BackendMessageID.parseComplete.rawValue where !parseOrigins.isEmpty:
+                    cycles.extendedAnswered()
+                case BackendMessageID.parameterStatus.rawValue where transactionPooling:
                     break
+                case BackendMessageID.parseComplete.rawValue, BackendMessageID.bindComplete.rawValue,
+                     BackendMessageID.closeComplete.rawValue, BackendMessageID.noData.rawValue,
+                     BackendMessageID.rowDescription.rawValue, BackendMessageID.commandComplete.rawValue,
+                     BackendMessageID.emptyQueryResponse.rawValue, BackendMessageID.portalSuspended.rawValue:
+                    cycles.extendedAnswered()
+                    buffer.moveReaderIndex(to: frameEnd)
+                    continue
                 default:
                     buffer.moveReaderIndex(to: frameEnd)
                     continue
@@ -1659,6 +1699,16 @@ final class ClientSession: UpstreamConnectionOwner {
         }
     }
 
+    /// Query and FunctionCall cycles PostgreSQL discarded after an extended message failed: no
+    /// ReadyForQuery comes for them. A RESET ALL among them did not run, so the client, held
+    /// until its context was re-applied, goes on (once what is being relayed is written).
+    private func skippedCycles(_ skipped: [CycleNote]) {
+        if skipped.contains(where: { if case .reapply = $0 { return true } else { return false } }) {
+            clientOut.flush()
+            resumeClient()
+        }
+    }
+
     /// Records a ReadyForQuery's transaction status and returns what the proxy owes the client there.
     private func readyForQuery(status byte: UInt8?) -> CycleNote {
         let status = byte.flatMap(TransactionStatus.init(rawValue:)) ?? .idle
@@ -1667,7 +1717,7 @@ final class ClientSession: UpstreamConnectionOwner {
         if !parseOrigins.isEmpty { parseOrigins.removeAll(keepingCapacity: true) }
         // One note outstanding is the usual case: removeLast takes it without removeFirst's
         // shifting (Array.replaceSubrange, ~150 instructions a transaction).
-        let note = cycleNotes.isEmpty ? CycleNote.plain : cycleNotes.count == 1 ? cycleNotes.removeLast() : cycleNotes.removeFirst()
+        let note = cycles.popFirst() ?? .plain
         if let tally {
             tally.counters.queries += 1
             // Answered by the proxy (a refusal, DEALLOCATE): no transaction ran upstream.
