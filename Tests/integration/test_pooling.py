@@ -799,6 +799,42 @@ def test_query_inside_a_failed_extended_batch(make_pool_tproxy, mode):
         assert c.query("SELECT 'still here'") == [["still here"]]
 
 
+@pytest.mark.timeout_s(120)
+def test_prepared_statements_in_pipelined_and_failed_batches(make_pool_tproxy):
+    """The Parse the proxy adds to prepare a statement on the connection is tracked until its
+    ParseComplete: in a second batch sent behind the first (before its ReadyForQuery) it was
+    forgotten at the first ReadyForQuery and its ParseComplete reached the client. And a Parse
+    the server skipped (an earlier message of the batch failed) or refused prepared nothing: the
+    proxy took the connection to have the statement (the client's next use failed with 26000
+    naming the proxy's statement), and a client's refused Parse kept its name taken (42P05)."""
+    p = make_pool_tproxy(mode="transaction", size=1)
+    with ps.ExtConn(p.host, p.port) as c:
+        c.startup("alice", ps.password_of("alice"), ts.APP_DB)
+        for name, sql in (("s1", "SELECT 1"), ("s2", "SELECT 2"), ("div", "SELECT 1 / $1::int"),
+                          ("s4", "SELECT 4")):
+            assert c.batch(c.parse(name, sql))["errors"] == []
+        assert c.run_prepared("s1", [])["rows"] == [["1"]]
+        # two batches in one write, the second needing the proxy's Parse of s2
+        c.send(c.bind("s1", []) + c.execute() + c.sync() + c.bind("s2", []) + c.execute() + c.sync())
+        tags = []
+        while tags.count(b"Z") < 2:
+            tags.append(c.read_message()[0])
+        assert tags == [b"2", b"D", b"C", b"Z", b"2", b"D", b"C", b"Z"], tags
+        # a batch whose first Execute fails: the Parse of s4 behind it is skipped
+        r = c.batch(c.bind("div", ["0"]), c.execute(), c.bind("s4", []), c.execute())
+        assert [e.get("C") for e in r["errors"]] == ["22012"] and r["rows"] == [], r
+        assert c.run_prepared("s4", [])["rows"] == [["4"]]
+        # a client's own Parse refused by the server inside a transaction leaves its name free
+        assert c.query("BEGIN") == []
+        r = c.batch(c.parse("s5", "SELEC 5"))
+        assert [e.get("C") for e in r["errors"]] == ["42601"], r
+        assert c.query("ROLLBACK") == []
+        assert c.batch(c.parse("s5", "SELECT 5"))["errors"] == []
+        assert c.run_prepared("s5", [])["rows"] == [["5"]]
+    with ps.tconnect(p, "bob") as bob:
+        assert bob.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ts.GLOBEX
+
+
 def test_psycopg_deallocate_all(make_proxy, db):
     p = make_proxy(extra=ps.pool_extra(size=2))
     with ps.psycopg_connect(p, db, prepare_threshold=0) as conn:

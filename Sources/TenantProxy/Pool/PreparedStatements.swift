@@ -87,6 +87,13 @@ struct PreparedStatements {
         statements.removeValue(forKey: name)
     }
 
+    /// Removes the statement with this proxy number, if the client still has it under its name
+    /// (a Parse that PostgreSQL refused or skipped made no statement).
+    mutating func remove(number: UInt64) {
+        guard let name = statements.first(where: { $0.value.number == number })?.key else { return }
+        remove(name)
+    }
+
     mutating func removeAll() {
         statements.removeAll()
         recent.removeAll()

@@ -142,7 +142,8 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Client messages are not relayed while the proxy runs its own query or waits for a connection.
     private var clientPaused = false
     private var injection: Injection?
-    private var cycles = CycleQueue<CycleNote>()
+    /// What PostgreSQL has still to answer, and what the client is owed at each ReadyForQuery.
+    private var replies = ReplyQueue<CycleNote>()
     /// A Parse was refused: drop the client's messages up to its Sync, then answer with the error.
     private var refusedBatch: ErrorResponse?
     /// The refusal already went out (nothing of the batch was pending upstream): the Sync only
@@ -153,8 +154,6 @@ final class ClientSession: UpstreamConnectionOwner {
     private var reapplyAfterSync = false
     /// Extended-protocol messages were sent since the last Sync: the connection is not free.
     private var extendedOpen = false
-    /// ParseComplete replies to swallow: true for a Parse the proxy added (re-prepare).
-    private var parseOrigins: [Bool] = []
     private var prepared: PreparedStatements?
     /// Session settings the client asked for (startup parameters and options, and tracked
     /// parameters it SET later), restored on every borrowed connection. Lower-case names.
@@ -259,7 +258,7 @@ final class ClientSession: UpstreamConnectionOwner {
         connection.reading = reading
         connection.channel.setOption(ChannelOptions.autoRead, value: reading).whenFailure { _ in }
     }
-    private var awaitingReply: Bool { !cycles.isEmpty || injection != nil || extendedOpen }
+    private var awaitingReply: Bool { !replies.isEmpty || injection != nil || extendedOpen }
 
     // MARK: - Client side events
 
@@ -842,7 +841,6 @@ final class ClientSession: UpstreamConnectionOwner {
     private func giveBack() {
         guard let connection, let pool else { return }
         self.connection = nil
-        if !parseOrigins.isEmpty { parseOrigins.removeAll(keepingCapacity: true) }
         pool.release(connection, tenant: tenantLease)
     }
 
@@ -1102,18 +1100,7 @@ final class ClientSession: UpstreamConnectionOwner {
             guard case .frame(let frame) = part else {
                 throw PGWireError(code: .unexpectedMessage, message: "startup packet after log-in")
             }
-            let decision = handleClientFrame(frame)
-            if Self.isExtended(frame.type) {
-                // What PostgreSQL will answer (see CycleQueue): a message renamed or replaced
-                // may go with a Parse the proxy added.
-                switch decision {
-                case .forward: cycles.extendedSent()
-                case .replace(let buffers): cycles.extendedSent(buffers.count)
-                case .rebind(let parse, _, _): cycles.extendedSent(parse == nil ? 1 : 2)
-                case .drop, .pauseAfter, .closed: break
-                }
-            }
-            switch decision {
+            switch handleClientFrame(frame) {
             case .forward:
                 continue
             case .drop:
@@ -1164,17 +1151,6 @@ final class ClientSession: UpstreamConnectionOwner {
         case closed
     }
 
-    /// Parse, Bind, Describe, Execute, Close: each answered by one completion or an error.
-    private static func isExtended(_ type: UInt8) -> Bool {
-        switch type {
-        case FrontendMessageID.parse.rawValue, FrontendMessageID.bind.rawValue, FrontendMessageID.describe.rawValue,
-             FrontendMessageID.execute.rawValue, FrontendMessageID.close.rawValue:
-            return true
-        default:
-            return false
-        }
-    }
-
     private func syncFrame() -> ByteBuffer {
         var sync = client.allocator.buffer(capacity: 5)
         FrontendMessage.sync.encode(into: &sync)
@@ -1187,7 +1163,7 @@ final class ClientSession: UpstreamConnectionOwner {
             guard tenantStillActive() else { return .closed }
             // An extended message of this batch failed: PostgreSQL discards what comes before
             // the Sync, this Query included (so does the proxy for a batch it refused).
-            if cycles.skippingUntilSync || refusedBatch != nil { return .drop }
+            if replies.skippingUntilSync || refusedBatch != nil { return .drop }
             // Text with nothing either guard acts on is not lexed (see GuardPrefilter).
             let guarded = withSQL(frame.payload, skippingName: false, GuardPrefilter.mayMatter)
             var verdict = guarded ? inspect(frame.payload, skippingName: false) : .allow
@@ -1196,13 +1172,13 @@ final class ClientSession: UpstreamConnectionOwner {
                 transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: false)
                 if let refusal = transactionVerdict.refusal {
                     countRefusal("session_state")
-                    cycles.append(.answered([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)]), sync: true)
+                    replies.sent(.init(kind: .sync, note: .answered([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)])))
                     return .replace([syncFrame()])
                 }
             }
             if let refusal = verdict.refusal {
                 countRefusal("context")
-                cycles.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]), sync: true)
+                replies.sent(.init(kind: .sync, note: .answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])))
                 return .replace([syncFrame()])
             }
             if let deallocate = transactionVerdict.deallocate {
@@ -1213,13 +1189,13 @@ final class ClientSession: UpstreamConnectionOwner {
                 case .named(let name):
                     guard prepared?[name] != nil else {
                         let error = ErrorResponse(sqlState: "26000", message: "prepared statement \"\(name)\" does not exist")
-                        cycles.append(.answered([.errorResponse(error)]), sync: true)
+                        replies.sent(.init(kind: .sync, note: .answered([.errorResponse(error)])))
                         return .replace([syncFrame()])
                     }
                     prepared?.remove(name)
                 }
                 let tag = deallocate == .all ? "DEALLOCATE ALL" : "DEALLOCATE"
-                cycles.append(.answered([.commandComplete(CommandComplete(tag: tag))]), sync: true)
+                replies.sent(.init(kind: .sync, note: .answered([.commandComplete(CommandComplete(tag: tag))])))
                 return .replace([syncFrame()])
             }
             if transactionVerdict.discardsPreparedStatements {
@@ -1232,16 +1208,17 @@ final class ClientSession: UpstreamConnectionOwner {
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
                 connection?.appliedSettings = nil
-                cycles.append(.reapply, sync: false)
+                replies.sent(.init(kind: .query, note: .reapply))
                 return .pauseAfter
             }
-            cycles.append(.plain, sync: false)
+            replies.sent(.init(kind: .query, note: .plain))
             return .forward
 
         case FrontendMessageID.parse.rawValue:
             guard tenantStillActive() else { return .closed }
-            if refusedBatch != nil { return .drop }
-            let nothingPending = !extendedOpen && cycles.isEmpty && injection == nil
+            // A batch refused, or failed upstream before its Sync: PostgreSQL would discard it.
+            if refusedBatch != nil || replies.skippingUntilSync { return .drop }
+            let nothingPending = !extendedOpen && replies.isEmpty && injection == nil
             extendedOpen = true
             let guarded = withSQL(frame.payload, skippingName: true, GuardPrefilter.mayMatter)
             let verdict = guarded ? inspect(frame.payload, skippingName: true) : .allow
@@ -1267,12 +1244,12 @@ final class ClientSession: UpstreamConnectionOwner {
             return renameParse(frame)
 
         case FrontendMessageID.bind.rawValue:
-            if refusedBatch != nil { return .drop }
+            if refusedBatch != nil || replies.skippingUntilSync { return .drop }
             extendedOpen = true
             return renameBind(frame)
 
         case FrontendMessageID.describe.rawValue, FrontendMessageID.close.rawValue:
-            if refusedBatch != nil { return .drop }
+            if refusedBatch != nil || replies.skippingUntilSync { return .drop }
             extendedOpen = true
             return renameStatementTarget(frame)
 
@@ -1280,7 +1257,7 @@ final class ClientSession: UpstreamConnectionOwner {
             extendedOpen = false
             if let error = refusedBatch {
                 refusedBatch = nil
-                cycles.append(.answered(refusedBatchSent ? [] : [.errorResponse(error)]), sync: true)
+                replies.sent(.init(kind: .sync, note: .answered(refusedBatchSent ? [] : [.errorResponse(error)])))
                 refusedBatchSent = false
                 return .forward
             }
@@ -1289,21 +1266,21 @@ final class ClientSession: UpstreamConnectionOwner {
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
                 connection?.appliedSettings = nil
-                cycles.append(.reapply, sync: true)
+                replies.sent(.init(kind: .sync, note: .reapply))
                 return .pauseAfter
             }
-            cycles.append(.plain, sync: true)
+            replies.sent(.init(kind: .sync, note: .plain))
             return .forward
 
         case FrontendMessageID.functionCall.rawValue:
             guard tenantStillActive() else { return .closed }
-            if cycles.skippingUntilSync || refusedBatch != nil { return .drop }
+            if replies.skippingUntilSync || refusedBatch != nil { return .drop }
             if let guardian = statementGuard, let refusal = guardian.inspectFunctionCall().refusal {
                 countRefusal("function_call")
-                cycles.append(.answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)]), sync: true)
+                replies.sent(.init(kind: .sync, note: .answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])))
                 return .replace([syncFrame()])
             }
-            cycles.append(.plain, sync: false)
+            replies.sent(.init(kind: .query, note: .plain))
             return .forward
 
         case FrontendMessageID.terminate.rawValue:
@@ -1315,7 +1292,13 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             return .forward
 
-        case FrontendMessageID.execute.rawValue, FrontendMessageID.flush.rawValue:
+        case FrontendMessageID.execute.rawValue:
+            if refusedBatch != nil || replies.skippingUntilSync { return .drop }
+            extendedOpen = true
+            replies.sent(.init(kind: .execute))
+            return .forward
+
+        case FrontendMessageID.flush.rawValue:
             if refusedBatch != nil { return .drop }
             extendedOpen = true
             return .forward
@@ -1385,12 +1368,12 @@ final class ClientSession: UpstreamConnectionOwner {
         // The unnamed statement lives and dies within the transaction: forwarded as is, without
         // decoding it.
         guard transactionPooling, var prepared, PreparedStatements.isNamed(parse: frame.payload) else {
-            parseOrigins.append(false)
+            replies.sent(.init(kind: .parse))
             return .forward
         }
         var payload = frame.payload
         guard let parse = try? Parse.decode(payload: &payload), !parse.name.isEmpty else {
-            parseOrigins.append(false)
+            replies.sent(.init(kind: .parse))
             return .forward
         }
         if prepared[parse.name] != nil {
@@ -1401,7 +1384,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let statement = prepared.register(parse, allocator: client.allocator)
         self.prepared = prepared
         connection?.preparedStatements.insert(statement.number)
-        parseOrigins.append(false)
+        replies.sent(.init(kind: .parse, statement: statement.number))
         return .replace([statement.parse])
     }
 
@@ -1409,7 +1392,7 @@ final class ClientSession: UpstreamConnectionOwner {
     /// it, when the connection does not have it yet (its ParseComplete is the proxy's, not sent on).
     private func parseIfMissing(_ statement: PreparedStatements.Statement, on connection: UpstreamConnection) -> ByteBuffer? {
         guard connection.preparedStatements.insert(statement.number).inserted else { return nil }
-        parseOrigins.append(true)
+        replies.sent(.init(kind: .parse, added: true, statement: statement.number))
         return statement.parse
     }
 
@@ -1417,7 +1400,10 @@ final class ClientSession: UpstreamConnectionOwner {
         let payload = frame.payload
         guard transactionPooling, prepared != nil, let connection,
               let parts = PreparedStatements.bindParts(payload), parts.nameLength > 0
-        else { return .forward }
+        else {
+            replies.sent(.init(kind: .bind))
+            return .forward
+        }
         // The name and the portal are read in place: no String is made for a Bind of a statement
         // named recently (see PreparedStatements.statement(named:)).
         let found: PreparedStatements.Statement? = payload.withUnsafeReadableBytes { raw in
@@ -1427,29 +1413,44 @@ final class ClientSession: UpstreamConnectionOwner {
                                                       statement: statement.nameBytes, restLength: raw.count - parts.restStart)
             return statement
         }
-        guard let statement = found else { return .forward }
+        guard let statement = found else {
+            replies.sent(.init(kind: .bind))
+            return .forward
+        }
+        let parse = parseIfMissing(statement, on: connection)
+        replies.sent(.init(kind: .bind))
         // The payload follows the frame's type byte and length.
-        return .rebind(parse: parseIfMissing(statement, on: connection), header: connection.scratch, restAt: 5 + parts.restStart)
+        return .rebind(parse: parse, header: connection.scratch, restAt: 5 + parts.restStart)
     }
 
     private func renameStatementTarget(_ frame: PGFrame) -> FrameDecision {
-        guard transactionPooling else { return .forward }
+        let isClose = frame.type == FrontendMessageID.close.rawValue
         var payload = frame.payload
-        guard let kind = payload.readInteger(as: UInt8.self), kind == PGTargetKind.statement.rawValue,
-              let name = payload.readNullTerminatedString(), !name.isEmpty
-        else { return .forward }
-        if frame.type == FrontendMessageID.close.rawValue {
-            guard let statement = prepared?[name] else { return .forward }
+        guard transactionPooling, let kind = payload.readInteger(as: UInt8.self), kind == PGTargetKind.statement.rawValue,
+              let name = payload.readNullTerminatedString(), !name.isEmpty, let statement = prepared?[name]
+        else {
+            replies.sent(.init(kind: isClose ? .close : .describe))
+            return .forward
+        }
+        if isClose {
             prepared?.remove(name)
-            connection?.preparedStatements.remove(statement.number)
+            // Should the server skip this Close (an earlier message of the batch failed), the
+            // statement stays prepared on the connection: ReplyQueue gives the number back.
+            let closing = connection?.preparedStatements.remove(statement.number) != nil
+            replies.sent(.init(kind: .close, statement: closing ? statement.number : 0))
             var buffer = client.allocator.buffer(capacity: 32)
             FrontendMessage.close(Close(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
             return .replace([buffer])
         }
-        guard let statement = prepared?[name], let connection else { return .forward }
+        guard let connection else {
+            replies.sent(.init(kind: .describe))
+            return .forward
+        }
+        let parse = parseIfMissing(statement, on: connection)
+        replies.sent(.init(kind: .describe))
         var buffer = client.allocator.buffer(capacity: 32)
         FrontendMessage.describe(Describe(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
-        return .replace((parseIfMissing(statement, on: connection).map { [$0] } ?? []) + [buffer])
+        return .replace((parse.map { [$0] } ?? []) + [buffer])
     }
 
     // MARK: - Guard
@@ -1627,22 +1628,38 @@ final class ClientSession: UpstreamConnectionOwner {
                 case BackendMessageID.errorResponse.rawValue:
                     tally?.counters.errors += 1
                     buffer.moveReaderIndex(to: frameEnd)
-                    let skipped = cycles.failed()
-                    if !skipped.isEmpty {
+                    let undone = replies.failed()
+                    if !undone.isEmpty {
                         emitRun(upTo: frameEnd)
                         runStart = frameEnd
-                        skippedCycles(skipped)
+                        undo(undone)
                     }
                     continue
-                case BackendMessageID.parseComplete.rawValue where !parseOrigins.isEmpty:
-                    cycles.extendedAnswered()
+                case BackendMessageID.parseComplete.rawValue:
+                    buffer.moveReaderIndex(to: frameEnd)
+                    if replies.parseComplete() {
+                        // Reply to a Parse the proxy added to re-prepare a statement: not the client's.
+                        emitRun(upTo: frameStart)
+                        runStart = frameEnd
+                    }
+                    continue
                 case BackendMessageID.parameterStatus.rawValue where transactionPooling:
                     break
-                case BackendMessageID.parseComplete.rawValue, BackendMessageID.bindComplete.rawValue,
-                     BackendMessageID.closeComplete.rawValue, BackendMessageID.noData.rawValue,
-                     BackendMessageID.rowDescription.rawValue, BackendMessageID.commandComplete.rawValue,
-                     BackendMessageID.emptyQueryResponse.rawValue, BackendMessageID.portalSuspended.rawValue:
-                    cycles.extendedAnswered()
+                case BackendMessageID.bindComplete.rawValue:
+                    replies.completed(by: .bind)
+                    buffer.moveReaderIndex(to: frameEnd)
+                    continue
+                case BackendMessageID.closeComplete.rawValue:
+                    replies.completed(by: .close)
+                    buffer.moveReaderIndex(to: frameEnd)
+                    continue
+                case BackendMessageID.noData.rawValue, BackendMessageID.rowDescription.rawValue:
+                    replies.completed(by: .describe)
+                    buffer.moveReaderIndex(to: frameEnd)
+                    continue
+                case BackendMessageID.commandComplete.rawValue, BackendMessageID.emptyQueryResponse.rawValue,
+                     BackendMessageID.portalSuspended.rawValue:
+                    replies.completed(by: .execute)
                     buffer.moveReaderIndex(to: frameEnd)
                     continue
                 default:
@@ -1658,12 +1675,6 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             guard phase == .relaying else { continue }
             switch frame.type {
-            case BackendMessageID.parseComplete.rawValue:
-                if !parseOrigins.isEmpty, parseOrigins.removeFirst() {
-                    // Reply to a Parse the proxy added to re-prepare a statement: not the client's.
-                    emitRun(upTo: frameStart)
-                    runStart = frameEnd
-                }
             case BackendMessageID.parameterStatus.rawValue where transactionPooling:
                 var payload = frame.payload
                 if let status = try? ParameterStatus.decode(payload: &payload) {
@@ -1699,11 +1710,27 @@ final class ClientSession: UpstreamConnectionOwner {
         }
     }
 
-    /// Query and FunctionCall cycles PostgreSQL discarded after an extended message failed: no
-    /// ReadyForQuery comes for them. A RESET ALL among them did not run, so the client, held
-    /// until its context was re-applied, goes on (once what is being relayed is written).
-    private func skippedCycles(_ skipped: [CycleNote]) {
-        if skipped.contains(where: { if case .reapply = $0 { return true } else { return false } }) {
+    /// What PostgreSQL discarded after an extended message failed (see ReplyQueue). A Parse
+    /// prepared nothing: the connection does not have the statement, and a client's own Parse
+    /// made no statement of its own either. A Close closed nothing. A Query or FunctionCall gets
+    /// no ReadyForQuery; a RESET ALL among them did not run, so the client, held until its
+    /// context was re-applied, goes on (once what is being relayed is written).
+    private func undo(_ undone: [ReplyQueue<CycleNote>.Item]) {
+        var resume = false
+        for item in undone {
+            switch item.kind {
+            case .parse where item.statement != 0:
+                connection?.preparedStatements.remove(item.statement)
+                if !item.added { prepared?.remove(number: item.statement) }
+            case .close where item.statement != 0:
+                connection?.preparedStatements.insert(item.statement)
+            case .query:
+                if case .reapply? = item.note { resume = true }
+            default:
+                break
+            }
+        }
+        if resume {
             clientOut.flush()
             resumeClient()
         }
@@ -1713,11 +1740,9 @@ final class ClientSession: UpstreamConnectionOwner {
     private func readyForQuery(status byte: UInt8?) -> CycleNote {
         let status = byte.flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
-        // Empty unless a Parse was in flight (removeAll on an empty array still costs ~60).
-        if !parseOrigins.isEmpty { parseOrigins.removeAll(keepingCapacity: true) }
         // One note outstanding is the usual case: removeLast takes it without removeFirst's
         // shifting (Array.replaceSubrange, ~150 instructions a transaction).
-        let note = cycles.popFirst() ?? .plain
+        let note = replies.readyForQuery() ?? .plain
         if let tally {
             tally.counters.queries += 1
             // Answered by the proxy (a refusal, DEALLOCATE): no transaction ran upstream.
