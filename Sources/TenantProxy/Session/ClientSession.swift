@@ -28,11 +28,12 @@ final class ClientSession: UpstreamConnectionOwner {
 
     /// What the proxy owes the client when the upstream's next ReadyForQuery arrives: one entry
     /// per message that ends a query cycle (Query, Sync, FunctionCall), in order.
+    /// (A plain value, so that ReplyQueue's items stay trivial to copy on the relay path.)
     private enum CycleNote {
         case plain
-        /// The client's message was answered by the proxy and replaced by a Sync: send these
-        /// messages before the ReadyForQuery.
-        case answered([BackendMessage])
+        /// The client's message was answered by the proxy and replaced by a Sync: send the
+        /// messages kept in `answers` (first in line) before the ReadyForQuery.
+        case answered
         /// The cycle ran RESET ALL / DISCARD ALL: re-apply the context before anything else runs.
         case reapply
     }
@@ -144,6 +145,8 @@ final class ClientSession: UpstreamConnectionOwner {
     private var injection: Injection?
     /// What PostgreSQL has still to answer, and what the client is owed at each ReadyForQuery.
     private var replies = ReplyQueue<CycleNote>()
+    /// The proxy's answers to `.answered` cycles, in their order.
+    private var answers: [[BackendMessage]] = []
     /// A Parse was refused: drop the client's messages up to its Sync, then answer with the error.
     private var refusedBatch: ErrorResponse?
     /// The refusal already went out (nothing of the batch was pending upstream): the Sync only
@@ -1151,6 +1154,13 @@ final class ClientSession: UpstreamConnectionOwner {
         case closed
     }
 
+    /// The proxy answers the client's message itself (with these messages, before the
+    /// ReadyForQuery of the Sync that replaces it upstream).
+    private func answer(_ messages: [BackendMessage]) {
+        answers.append(messages)
+        replies.sent(.init(kind: .sync, note: .answered))
+    }
+
     private func syncFrame() -> ByteBuffer {
         var sync = client.allocator.buffer(capacity: 5)
         FrontendMessage.sync.encode(into: &sync)
@@ -1172,13 +1182,13 @@ final class ClientSession: UpstreamConnectionOwner {
                 transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: false)
                 if let refusal = transactionVerdict.refusal {
                     countRefusal("session_state")
-                    replies.sent(.init(kind: .sync, note: .answered([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)])))
+                    answer([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)])
                     return .replace([syncFrame()])
                 }
             }
             if let refusal = verdict.refusal {
                 countRefusal("context")
-                replies.sent(.init(kind: .sync, note: .answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])))
+                answer([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])
                 return .replace([syncFrame()])
             }
             if let deallocate = transactionVerdict.deallocate {
@@ -1189,13 +1199,13 @@ final class ClientSession: UpstreamConnectionOwner {
                 case .named(let name):
                     guard prepared?[name] != nil else {
                         let error = ErrorResponse(sqlState: "26000", message: "prepared statement \"\(name)\" does not exist")
-                        replies.sent(.init(kind: .sync, note: .answered([.errorResponse(error)])))
+                        answer([.errorResponse(error)])
                         return .replace([syncFrame()])
                     }
                     prepared?.remove(name)
                 }
                 let tag = deallocate == .all ? "DEALLOCATE ALL" : "DEALLOCATE"
-                replies.sent(.init(kind: .sync, note: .answered([.commandComplete(CommandComplete(tag: tag))])))
+                answer([.commandComplete(CommandComplete(tag: tag))])
                 return .replace([syncFrame()])
             }
             if transactionVerdict.discardsPreparedStatements {
@@ -1257,7 +1267,7 @@ final class ClientSession: UpstreamConnectionOwner {
             extendedOpen = false
             if let error = refusedBatch {
                 refusedBatch = nil
-                replies.sent(.init(kind: .sync, note: .answered(refusedBatchSent ? [] : [.errorResponse(error)])))
+                answer(refusedBatchSent ? [] : [.errorResponse(error)])
                 refusedBatchSent = false
                 return .forward
             }
@@ -1277,7 +1287,7 @@ final class ClientSession: UpstreamConnectionOwner {
             if replies.skippingUntilSync || refusedBatch != nil { return .drop }
             if let guardian = statementGuard, let refusal = guardian.inspectFunctionCall().refusal {
                 countRefusal("function_call")
-                replies.sent(.init(kind: .sync, note: .answered([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])))
+                answer([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])
                 return .replace([syncFrame()])
             }
             replies.sent(.init(kind: .query, note: .plain))
@@ -1614,11 +1624,11 @@ final class ClientSession: UpstreamConnectionOwner {
                     switch readyForQuery(status: status) {
                     case .plain:
                         break
-                    case .answered(let messages):
+                    case .answered:
                         // The proxy's own answer goes just before this ReadyForQuery.
                         emitRun(upTo: frameStart)
                         runStart = frameStart
-                        writeToClient(messages, flush: false)
+                        writeToClient(answers.removeFirst(), flush: false)
                     case .reapply:
                         emitRun(upTo: frameEnd)
                         runStart = frameEnd

@@ -31,36 +31,55 @@ struct ReplyQueue<Note> {
         var statement: UInt64 = 0
     }
 
-    private var items: [Item] = []   // an empty array allocates nothing: idle sessions stay small
+    /// A ring: `count` items from `head`, wrapping at the end (its length is a power of two).
+    /// Allocated at the first message sent (idle sessions stay small), grown only by pipelines.
+    private var ring: ContiguousArray<Item> = []
     private var head = 0
+    private var count = 0
     private(set) var skippingUntilSync = false
 
-    var isEmpty: Bool { head == items.count }
+    var isEmpty: Bool { count == 0 }
 
+    @inline(__always)
     mutating func sent(_ item: Item) {
         if item.kind == .sync { skippingUntilSync = false }
-        items.append(item)
+        if count == ring.count { grow() }
+        ring[(head + count) & (ring.count - 1)] = item
+        count += 1
+    }
+
+    private mutating func grow() {
+        var larger = ContiguousArray(repeating: Item(kind: .sync), count: max(8, ring.count * 2))
+        for offset in 0 ..< count { larger[offset] = ring[(head + offset) & (ring.count - 1)] }
+        ring = larger
+        head = 0
     }
 
     /// ParseComplete: true when the Parse was the proxy's (the reply is not the client's).
+    @inline(__always)
     mutating func parseComplete() -> Bool {
-        guard let first = first, first.kind == .parse else { return false }
-        return popFirst().added
+        guard count > 0, ring[head].kind == .parse else { return false }
+        let added = ring[head].added
+        dropFirst()
+        return added
     }
 
     /// BindComplete, CloseComplete, NoData, RowDescription, CommandComplete, EmptyQueryResponse
     /// or PortalSuspended: completes the first item when it is the extended message such a reply
     /// answers; otherwise the reply is a Query's own.
+    @inline(__always)
     mutating func completed(by kind: Kind) {
-        guard let first = first, first.kind == kind else { return }
-        _ = popFirst()
+        guard count > 0, ring[head].kind == kind else { return }
+        dropFirst()
     }
 
     /// ReadyForQuery: the note of the cycle it ends (nil when none was expected).
     mutating func readyForQuery() -> Note? {
-        while let first = first {
-            _ = popFirst()
-            if first.kind == .query || first.kind == .sync { return first.note }
+        while count > 0 {
+            let kind = ring[head].kind
+            let note = ring[head].note
+            dropFirst()
+            if kind == .query || kind == .sync { return note }
         }
         return nil
     }
@@ -70,29 +89,19 @@ struct ReplyQueue<Note> {
     /// ReadyForQuery, Parses prepared nothing, Closes closed nothing). An error of a Query, a
     /// FunctionCall or a Sync (a failed commit) undoes nothing.
     mutating func failed() -> [Item] {
-        guard let first = first, first.kind.isExtended else { return [] }
+        guard count > 0, ring[head].kind.isExtended else { return [] }
         var undone: [Item] = []
-        while let next = self.first, next.kind != .sync {
-            undone.append(next)
-            _ = popFirst()
+        while count > 0, ring[head].kind != .sync {
+            undone.append(ring[head])
+            dropFirst()
         }
         if isEmpty { skippingUntilSync = true }
         return undone
     }
 
-    private var first: Item? { head < items.count ? items[head] : nil }
-
-    private mutating func popFirst() -> Item {
-        let item = items[head]
-        head += 1
-        if head == items.count {
-            // The usual case: everything answered. Keeps the storage for the next transaction.
-            items.removeAll(keepingCapacity: true)
-            head = 0
-        } else if head >= 16, head * 2 >= items.count {
-            items.removeFirst(head)
-            head = 0
-        }
-        return item
+    @inline(__always)
+    private mutating func dropFirst() {
+        head = (head + 1) & (ring.count - 1)
+        count -= 1
     }
 }

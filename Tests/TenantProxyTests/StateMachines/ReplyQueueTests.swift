@@ -136,4 +136,16 @@ final class ReplyQueueTests: XCTestCase {
         }
         XCTAssertTrue(queue.isEmpty)
     }
+
+    func testTheRingWrapsAndGrowsInOrder() {
+        var queue = Queue()
+        for n in 0 ..< 6 { queue.sent(.init(kind: .query, note: "a\(n)")) }
+        for n in 0 ..< 5 { XCTAssertEqual(queue.readyForQuery(), "a\(n)") }
+        // the next ones wrap around the end of the first storage, then outgrow it
+        for n in 0 ..< 12 { queue.sent(.init(kind: .query, note: "b\(n)")) }
+        XCTAssertEqual(queue.readyForQuery(), "a5")
+        for n in 0 ..< 12 { XCTAssertEqual(queue.readyForQuery(), "b\(n)") }
+        XCTAssertTrue(queue.isEmpty)
+        XCTAssertNil(queue.readyForQuery())
+    }
 }
