@@ -899,6 +899,27 @@ def scram_verifier(password: str, iterations: int = 4096, salt: bytes | None = N
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
 
 
+def read_until_closed(sock: socket.socket, timeout: float = 20, stop_at_error: bool = False,
+                      what=lambda: "") -> bytes:
+    """Everything the server sends until it closes the socket (or, with stop_at_error, until an
+    ErrorResponse has arrived); fails the test if it does neither within `timeout` seconds."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            return data
+        except socket.timeout:
+            raise AssertionError(f"the server neither closed nor answered; got {data[:200]!r} "
+                                 f"{what()}")
+        if not chunk:
+            return data
+        data += chunk
+        if stop_at_error and error_responses(data):
+            return data
+
+
 def read_until_closed_or_error(sock: socket.socket, limit: int = 1 << 20) -> bytes:
     """Read until EOF (or reset); returns the bytes received."""
     data = b""

@@ -132,22 +132,6 @@ def frontend_frame(r: random.Random, framed: bool = False) -> bytes:
     return tag + struct.pack("!I", length) + body
 
 
-def read_until_closed(sock: socket.socket, what) -> bytes:
-    """Everything the proxy sends until it closes; fails if it neither closes nor answers."""
-    sock.settimeout(30)
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            return data
-        except socket.timeout:
-            raise AssertionError(f"the proxy neither closed nor answered after EOF: {what()!r}")
-        if not chunk:
-            return data
-        data += chunk
-
-
 def assert_well_formed(data: bytes, what):
     """The proxy's bytes are whole backend messages, and each ErrorResponse has a severity, a
     SQLSTATE and a message."""
@@ -242,7 +226,8 @@ def test_damaged_messages_after_log_in(make_pool_tproxy, mode, ending):
             if framed:
                 assert_well_formed(read_until_marker_or_closed(raw, what), what)
             else:
-                assert_well_formed(bytes(raw.buf) + read_until_closed(raw.sock, what), what)
+                rest = h.read_until_closed(raw.sock, 30, what=what)
+                assert_well_formed(bytes(raw.buf) + rest, what)
         assert p.alive(), what()
         if i % 10 == 9:
             check_neighbour(p, "bob", "globex", what)
@@ -293,7 +278,8 @@ def test_damaged_log_ins(make_pool_tproxy):
                         sent.append(out)
                         raw.send(out)
                         raw.sock.shutdown(socket.SHUT_WR)
-                        assert_well_formed(bytes(raw.buf) + read_until_closed(raw.sock, what), what)
+                        rest = h.read_until_closed(raw.sock, 30, what=what)
+                        assert_well_formed(bytes(raw.buf) + rest, what)
                         break
                     if code == 10:
                         first = damaged(r, b"n,,n=,r=fuzzfuzzfuzzfuzzfuzzfuzz", rate=0.5)

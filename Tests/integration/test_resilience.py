@@ -158,20 +158,7 @@ PROXY_ONLY = {"parse-over-limit-after-startup"}
 
 def expect_closed_or_error(sock: socket.socket, timeout: float = 20):
     """The server must close the socket or send an ErrorResponse, not hang."""
-    sock.settimeout(timeout)
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            return data
-        except socket.timeout:
-            raise AssertionError(f"server neither closed nor sent an error; got {data[:200]!r}")
-        if not chunk:
-            return data
-        data += chunk
-        if h.error_responses(data):
-            return data
+    return h.read_until_closed(sock, timeout, stop_at_error=True)
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))

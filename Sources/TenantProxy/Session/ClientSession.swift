@@ -1628,7 +1628,9 @@ final class ClientSession: UpstreamConnectionOwner {
                         // The proxy's own answer goes just before this ReadyForQuery.
                         emitRun(upTo: frameStart)
                         runStart = frameStart
-                        writeToClient(answers.removeFirst(), flush: false)
+                        // (Each `.answered` cycle was queued with its answer, and neither is
+                        // ever dropped alone; an empty list would be a bug, not a reason to trap.)
+                        writeToClient(answers.isEmpty ? [] : answers.removeFirst(), flush: false)
                     case .reapply:
                         emitRun(upTo: frameEnd)
                         runStart = frameEnd
