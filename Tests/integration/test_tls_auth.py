@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -31,6 +32,7 @@ import asyncpg
 import psycopg
 import pytest
 
+import fuzz_support as fz
 import jwt_support as J
 import pgharness as h
 import tenancy_support as ts
@@ -617,6 +619,37 @@ def test_scram_plus_offered_over_tls_only(tp, pki):
     with h.RawConn(tp.connect_host, tp.port) as raw:
         mechs = tls.sasl_mechanisms(raw, "plainu", ts.APP_DB)
     assert mechs == ["SCRAM-SHA-256"], mechs
+
+
+@pytest.mark.timeout_s(300)
+def test_damaged_log_ins_over_tls(tp, pki):
+    """The log-in fuzzing of test_fuzz.py over TLS (SSLRequest or direct TLS): damaged start-up
+    packets, SASL mechanisms and lengths, SCRAM-SHA-256-PLUS messages with the connection's
+    channel binding data and without. Only whole messages and well-formed errors come back, the
+    server never leaves the client waiting, and a real log-in works afterwards."""
+    r = random.Random(f"{fz.SEED}-tls-log-in")
+    for i in range(max(1, fz.ITERS // 2)):
+        sent: list[bytes] = []
+
+        def what():
+            return f"seed {fz.SEED} iteration {i}: {sent!r}\n--- proxy stderr ---\n{tp.stderr()}"
+
+        conn = tls_conn(tp, pki, mode=r.choice(["ssl_request", "direct"]))
+        try:
+            if r.random() < 0.6:
+                binding = tls.tls_server_end_point(conn.peer_cert_der)
+                fz.damaged_log_in(r, conn, "alice", ts.APP_DB, sent, what,
+                                  gs2=b"p=tls-server-end-point,,", binding=binding,
+                                  mechanisms=(b"SCRAM-SHA-256-PLUS",), half_close=False)
+            else:
+                fz.damaged_log_in(r, conn, "alice", ts.APP_DB, sent, what,
+                                  gs2=r.choice([b"n,,", b"y,,"]), half_close=False)
+        except ssl.SSLError:
+            pass   # a damaged stream inside TLS: the TLS layer ends it
+        finally:
+            conn.close()
+        assert tp.alive(), what()
+    assert session_ok(tp, pki, "alice", PASSWORDS["alice"])[0] == ACME
 
 
 def test_scram_plus_channel_binding_is_checked(tp, pki):
