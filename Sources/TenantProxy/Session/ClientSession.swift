@@ -157,6 +157,9 @@ final class ClientSession: UpstreamConnectionOwner {
     private var reapplyAfterSync = false
     /// Extended-protocol messages were sent since the last Sync: the connection is not free.
     private var extendedOpen = false
+    /// Up to the client's next Sync its messages are dropped: the proxy refused a Parse of the
+    /// batch, or one of its extended messages failed upstream (PostgreSQL discards them then).
+    private var discardingToSync: Bool { refusedBatch != nil || replies.skippingUntilSync }
     private var prepared: PreparedStatements?
     /// Session settings the client asked for (startup parameters and options, and tracked
     /// parameters it SET later), restored on every borrowed connection. Lower-case names.
@@ -1154,11 +1157,18 @@ final class ClientSession: UpstreamConnectionOwner {
         case closed
     }
 
-    /// The proxy answers the client's message itself (with these messages, before the
-    /// ReadyForQuery of the Sync that replaces it upstream).
+    /// The proxy answers the client's Sync itself (with these messages, before its
+    /// ReadyForQuery).
     private func answer(_ messages: [BackendMessage]) {
         answers.append(messages)
         replies.sent(.init(kind: .sync, note: .answered))
+    }
+
+    /// The proxy answers the client's Query or FunctionCall itself: a Sync goes upstream in its
+    /// place, for the ReadyForQuery.
+    private func answerInstead(_ messages: [BackendMessage]) -> FrameDecision {
+        answer(messages)
+        return .replace([syncFrame()])
     }
 
     private func syncFrame() -> ByteBuffer {
@@ -1171,9 +1181,8 @@ final class ClientSession: UpstreamConnectionOwner {
         switch frame.type {
         case FrontendMessageID.query.rawValue:
             guard tenantStillActive() else { return .closed }
-            // An extended message of this batch failed: PostgreSQL discards what comes before
-            // the Sync, this Query included (so does the proxy for a batch it refused).
-            if replies.skippingUntilSync || refusedBatch != nil { return .drop }
+            // Inside a batch being discarded up to its Sync, a Query goes too.
+            if discardingToSync { return .drop }
             // Text with nothing either guard acts on is not lexed (see GuardPrefilter).
             let guarded = withSQL(frame.payload, skippingName: false, GuardPrefilter.mayMatter)
             var verdict = guarded ? inspect(frame.payload, skippingName: false) : .allow
@@ -1182,14 +1191,12 @@ final class ClientSession: UpstreamConnectionOwner {
                 transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: false)
                 if let refusal = transactionVerdict.refusal {
                     countRefusal("session_state")
-                    answer([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)])
-                    return .replace([syncFrame()])
+                    return answerInstead([.errorResponse(ProxyError.sessionStateRefused(refusal).errorResponse)])
                 }
             }
             if let refusal = verdict.refusal {
                 countRefusal("context")
-                answer([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])
-                return .replace([syncFrame()])
+                return answerInstead([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])
             }
             if let deallocate = transactionVerdict.deallocate {
                 // Protocol-level statements are the proxy's to manage: answer it here.
@@ -1199,14 +1206,12 @@ final class ClientSession: UpstreamConnectionOwner {
                 case .named(let name):
                     guard prepared?[name] != nil else {
                         let error = ErrorResponse(sqlState: "26000", message: "prepared statement \"\(name)\" does not exist")
-                        answer([.errorResponse(error)])
-                        return .replace([syncFrame()])
+                        return answerInstead([.errorResponse(error)])
                     }
                     prepared?.remove(name)
                 }
                 let tag = deallocate == .all ? "DEALLOCATE ALL" : "DEALLOCATE"
-                answer([.commandComplete(CommandComplete(tag: tag))])
-                return .replace([syncFrame()])
+                return answerInstead([.commandComplete(CommandComplete(tag: tag))])
             }
             if transactionVerdict.discardsPreparedStatements {
                 prepared?.removeAll()
@@ -1226,8 +1231,7 @@ final class ClientSession: UpstreamConnectionOwner {
 
         case FrontendMessageID.parse.rawValue:
             guard tenantStillActive() else { return .closed }
-            // A batch refused, or failed upstream before its Sync: PostgreSQL would discard it.
-            if refusedBatch != nil || replies.skippingUntilSync { return .drop }
+            if discardingToSync { return .drop }
             let nothingPending = !extendedOpen && replies.isEmpty && injection == nil
             extendedOpen = true
             let guarded = withSQL(frame.payload, skippingName: true, GuardPrefilter.mayMatter)
@@ -1254,12 +1258,14 @@ final class ClientSession: UpstreamConnectionOwner {
             return renameParse(frame)
 
         case FrontendMessageID.bind.rawValue:
-            if refusedBatch != nil || replies.skippingUntilSync { return .drop }
+            if discardingToSync { return .drop }
             extendedOpen = true
-            return renameBind(frame)
+            let decision = renameBind(frame)   // queues the Parse it may add, ahead of the Bind
+            replies.sent(.init(kind: .bind))
+            return decision
 
         case FrontendMessageID.describe.rawValue, FrontendMessageID.close.rawValue:
-            if refusedBatch != nil || replies.skippingUntilSync { return .drop }
+            if discardingToSync { return .drop }
             extendedOpen = true
             return renameStatementTarget(frame)
 
@@ -1284,11 +1290,10 @@ final class ClientSession: UpstreamConnectionOwner {
 
         case FrontendMessageID.functionCall.rawValue:
             guard tenantStillActive() else { return .closed }
-            if replies.skippingUntilSync || refusedBatch != nil { return .drop }
+            if discardingToSync { return .drop }
             if let guardian = statementGuard, let refusal = guardian.inspectFunctionCall().refusal {
                 countRefusal("function_call")
-                answer([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])
-                return .replace([syncFrame()])
+                return answerInstead([.errorResponse(ProxyError.guardRefusal(refusal).errorResponse)])
             }
             replies.sent(.init(kind: .query, note: .plain))
             return .forward
@@ -1303,7 +1308,7 @@ final class ClientSession: UpstreamConnectionOwner {
             return .forward
 
         case FrontendMessageID.execute.rawValue:
-            if refusedBatch != nil || replies.skippingUntilSync { return .drop }
+            if discardingToSync { return .drop }
             extendedOpen = true
             replies.sent(.init(kind: .execute))
             return .forward
@@ -1410,10 +1415,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let payload = frame.payload
         guard transactionPooling, prepared != nil, let connection,
               let parts = PreparedStatements.bindParts(payload), parts.nameLength > 0
-        else {
-            replies.sent(.init(kind: .bind))
-            return .forward
-        }
+        else { return .forward }
         // The name and the portal are read in place: no String is made for a Bind of a statement
         // named recently (see PreparedStatements.statement(named:)).
         let found: PreparedStatements.Statement? = payload.withUnsafeReadableBytes { raw in
@@ -1423,14 +1425,9 @@ final class ClientSession: UpstreamConnectionOwner {
                                                       statement: statement.nameBytes, restLength: raw.count - parts.restStart)
             return statement
         }
-        guard let statement = found else {
-            replies.sent(.init(kind: .bind))
-            return .forward
-        }
-        let parse = parseIfMissing(statement, on: connection)
-        replies.sent(.init(kind: .bind))
+        guard let statement = found else { return .forward }
         // The payload follows the frame's type byte and length.
-        return .rebind(parse: parse, header: connection.scratch, restAt: 5 + parts.restStart)
+        return .rebind(parse: parseIfMissing(statement, on: connection), header: connection.scratch, restAt: 5 + parts.restStart)
     }
 
     private func renameStatementTarget(_ frame: PGFrame) -> FrameDecision {
