@@ -920,20 +920,6 @@ def read_until_closed(sock: socket.socket, timeout: float = 20, stop_at_error: b
             return data
 
 
-def read_until_closed_or_error(sock: socket.socket, limit: int = 1 << 20) -> bytes:
-    """Read until EOF (or reset); returns the bytes received."""
-    data = b""
-    while len(data) < limit:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def error_responses(data: bytes) -> list[dict[str, str]]:
     """Parse backend messages out of a byte string and return the ErrorResponse field maps.
     Handles a leading single-byte SSL/GSS answer poorly on purpose: callers strip it."""
