@@ -100,4 +100,30 @@ final class PreparedStatementsTests: XCTestCase {
         statements.removeAll()
         for name in names { XCTAssertNil(lookUp(name, in: &statements), name) }
     }
+
+    /// An upstream error naming a statement by its proxy name reaches the client with the
+    /// client's name, for statements it has and for ones removed since (a skipped Parse).
+    func testErrorTextsGetTheClientsNames() {
+        var statements = PreparedStatements(sessionID: 7)
+        let kept = statements.register(parse("kept"), allocator: ByteBufferAllocator())
+        let gone = statements.register(parse("gone"), allocator: ByteBufferAllocator())
+        statements.remove(number: gone.number)
+        XCTAssertEqual(statements.clientFacing("prepared statement \"\(gone.proxyName)\" does not exist"),
+                       "prepared statement \"gone\" does not exist")
+        XCTAssertEqual(statements.clientFacing("\"\(kept.proxyName)\" and \"\(gone.proxyName)\""), "\"kept\" and \"gone\"")
+        XCTAssertNil(statements.clientFacing("division by zero"))
+        // another session's names, a longer number, an unquoted name: left alone
+        let other = "prepared statement \"tp8_\(kept.number)\" does not exist"
+        XCTAssertNil(statements.clientFacing(other))
+        let longer = "\"\(kept.proxyName)0\""
+        XCTAssertEqual(statements.clientFacing(longer), longer)
+        XCTAssertEqual(statements.clientFacing(kept.proxyName), nil)
+        // only the last retiredLimit removals are remembered
+        for n in 0 ..< PreparedStatements.retiredLimit {
+            let s = statements.register(parse("r\(n)"), allocator: ByteBufferAllocator())
+            statements.remove("r\(n)")
+            XCTAssertEqual(statements.clientFacing("\"\(s.proxyName)\""), "\"r\(n)\"")
+        }
+        XCTAssertEqual(statements.clientFacing("\"\(gone.proxyName)\""), "\"\(gone.proxyName)\"")
+    }
 }

@@ -156,6 +156,10 @@ class ExtConn(h.RawConn):
         """Sends the messages and a Sync; reads to ReadyForQuery. Returns tags seen, data rows,
         errors (field maps), command tags and the transaction status."""
         self.send(b"".join(msgs) + self.sync())
+        return self.read_batch()
+
+    def read_batch(self) -> dict:
+        """The replies up to the next ReadyForQuery, as `batch` returns them."""
         out = {"tags": [], "rows": [], "errors": [], "commands": [], "status": None}
         while True:
             tag, body = self.read_message()

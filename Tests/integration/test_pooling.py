@@ -831,8 +831,85 @@ def test_prepared_statements_in_pipelined_and_failed_batches(make_pool_tproxy):
         assert c.query("ROLLBACK") == []
         assert c.batch(c.parse("s5", "SELECT 5"))["errors"] == []
         assert c.run_prepared("s5", [])["rows"] == [["5"]]
+        # a Bind pipelined behind the batch whose Parse of it the server skipped fails under
+        # the client's name (it went out under the proxy's before the skip was known)
+        c.send(c.bind("div", ["0"]) + c.execute() + c.parse("s6", "SELECT 6") + c.sync()
+               + c.bind("s6", []) + c.execute() + c.sync())
+        r = c.read_batch()
+        assert [e.get("C") for e in r["errors"]] == ["22012"], r
+        r = c.read_batch()
+        assert [e.get("M") for e in r["errors"]] == ['prepared statement "s6" does not exist'], r
     with ps.tconnect(p, "bob") as bob:
         assert bob.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ts.GLOBEX
+
+
+@pytest.mark.timeout_s(120)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_context_after_a_reset_in_a_refused_batch_or_a_later_bind(make_pool_tproxy, mode):
+    """RESET ALL or DISCARD ALL by Parse resets the tenant context when it is executed, and the
+    proxy re-applies the context after the batch's Sync. It did not when it refused a later
+    message of the same batch (the Sync answered the refusal and went no further), nor when a
+    named or the unnamed statement holding it was bound again in a later batch: the session,
+    and in transaction mode every later borrower of that connection's assumed context, ran with
+    no tenant (found by test_fuzz's borrowers case)."""
+    p = make_pool_tproxy(mode=mode, size=1)
+
+    def tenant(c) -> str:
+        return c.query("SELECT current_setting('nile.tenant_id')")[0][0]
+
+    with ps.ExtConn(p.host, p.port) as c:
+        c.startup("alice", ps.password_of("alice"), ts.APP_DB)
+        # the reset goes upstream, then a Parse the guard refuses: the batch answers 42501
+        r = c.batch(c.parse("", "RESET ALL"), c.bind("", []), c.execute(),
+                    c.parse("x", f"SET nile.tenant_id = '{ts.GLOBEX}'"))
+        assert [e.get("C") for e in r["errors"]] == ["42501"], r
+        assert tenant(c) == ts.ACME
+        # a named statement that resets, prepared once and bound again later
+        for sql in ("RESET ALL", "DISCARD ALL"):
+            assert c.batch(c.parse("again", sql))["errors"] == []
+            assert c.run_prepared("again", [])["errors"] == [] or sql == "DISCARD ALL"
+            assert tenant(c) == ts.ACME, sql
+            r = c.batch(c.close_statement("again"))
+            # DISCARD ALL took the statement with it, as it does on PostgreSQL
+            assert r["errors"] == [], r
+    if mode == "transaction":
+        with ps.tconnect(p, "alice") as alice:
+            assert alice.execute("SELECT current_setting('nile.tenant_id')").fetchone()[0] == ts.ACME
+
+
+@pytest.mark.timeout_s(120)
+def test_statements_left_by_earlier_borrowers_are_not_reachable(make_pool_tproxy):
+    """Transaction mode, one connection, two clients of one user (so no context switch, whose
+    queries would drop the unnamed statement, comes between them): what the first prepared stays
+    on the connection (its unnamed statement, its named one under its proxy name). The second's
+    Bind and Describe of them are answered as on a connection of its own (26000, its names), its
+    Close of the proxy name closes nothing; forwarded, they ran or closed the first's statements."""
+    p = make_pool_tproxy(mode="transaction", size=1)
+    with ps.ExtConn(p.host, p.port) as first, ps.ExtConn(p.host, p.port) as second:
+        first.startup("alice", ps.password_of("alice"), ts.APP_DB)
+        second.startup("alice", ps.password_of("alice"), ts.APP_DB)
+        assert first.batch(first.parse("mine", "SELECT 'first-named'"))["errors"] == []
+        assert first.run_prepared("mine", [])["rows"] == [["first-named"]]
+        proxy_name = first.query("SELECT name FROM pg_prepared_statements")[0][0]
+        assert proxy_name.startswith("tp"), proxy_name
+        # (after the Query, which drops the unnamed statement)
+        r = first.batch(first.parse("", "SELECT 'first-unnamed'"), first.bind("", []), first.execute())
+        assert r["rows"] == [["first-unnamed"]], r
+
+        r = second.batch(second.bind("", []), second.execute())
+        assert r["rows"] == [] and [e.get("C") for e in r["errors"]] == ["26000"], r
+        assert r["errors"][0]["M"] == "unnamed prepared statement does not exist"
+        assert "transaction" in r["errors"][0]["H"]
+        for msg in (second.bind(proxy_name, []), second.describe_statement(proxy_name)):
+            r = second.batch(msg, second.execute())
+            assert r["rows"] == [] and [e.get("M") for e in r["errors"]] == [
+                f'prepared statement "{proxy_name}" does not exist'], r
+        assert second.batch(second.close_statement(proxy_name))["errors"] == []
+        # its own unnamed statement, in one transaction with its Bind, is its own
+        r = second.batch(second.parse("", "SELECT 'second-unnamed'"), second.bind("", []), second.execute())
+        assert r["rows"] == [["second-unnamed"]], r
+
+        assert first.run_prepared("mine", [])["rows"] == [["first-named"]]
 
 
 def test_psycopg_deallocate_all(make_proxy, db):

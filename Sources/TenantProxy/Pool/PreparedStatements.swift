@@ -46,6 +46,11 @@ struct PreparedStatements {
     private var recent: [Statement] = []
     private var recentNext = 0
     static let recentLimit = 8
+    /// The last statements removed (number, client's name): a Bind sent before the removal
+    /// was known (pipelined behind a batch whose Parse of it the server skipped) fails upstream
+    /// under the proxy name, which the client must see as its own.
+    private var retired: [(number: UInt64, name: String)] = []
+    static let retiredLimit = 16
 
     init(sessionID: Int32) {
         prefix = "tp\(UInt32(bitPattern: sessionID))_"
@@ -84,7 +89,39 @@ struct PreparedStatements {
 
     mutating func remove(_ name: String) {
         forget(name)
-        statements.removeValue(forKey: name)
+        guard let statement = statements.removeValue(forKey: name) else { return }
+        if retired.count == Self.retiredLimit { retired.removeFirst() }
+        retired.append((statement.number, name))
+    }
+
+    /// The proxy names' common start for this session's statements (`tp<session>_`).
+    var proxyPrefix: String { prefix }
+
+    /// `text` with each proxy name of this session's statements (quoted, as PostgreSQL's
+    /// messages quote them) replaced by the client's name for it; nil when there is none.
+    func clientFacing(_ text: String) -> String? {
+        let quotedPrefix = "\"" + prefix
+        guard text.contains(quotedPrefix) else { return nil }
+        var out = ""
+        var rest = Substring(text)
+        while let range = rest.range(of: quotedPrefix) {
+            out += rest[..<range.lowerBound]
+            let digits = rest[range.upperBound...].prefix(while: \.isASCII).prefix(while: \.isNumber)
+            let after = rest[range.upperBound...].dropFirst(digits.count)
+            if let number = UInt64(digits), after.first == "\"", let name = clientName(number: number) {
+                out += "\"" + name + "\""
+                rest = after.dropFirst()
+            } else {
+                out += rest[range]
+                rest = rest[range.upperBound...]
+            }
+        }
+        return out + rest
+    }
+
+    private func clientName(number: UInt64) -> String? {
+        statements.first(where: { $0.value.number == number })?.key
+            ?? retired.last(where: { $0.number == number })?.name
     }
 
     /// Removes the statement with this proxy number, if the client still has it under its name

@@ -36,6 +36,19 @@ final class ClientSession: UpstreamConnectionOwner {
         case answered
         /// The cycle ran RESET ALL / DISCARD ALL: re-apply the context before anything else runs.
         case reapply
+        /// Both: the proxy refused a message of a batch whose RESET ALL / DISCARD ALL had gone
+        /// upstream before it. The answer before the ReadyForQuery, then the context again.
+        case answeredThenReapply
+    }
+
+    /// What executing a client's prepared statement does besides its result: a Bind in a later
+    /// batch runs it again, and the proxy must act as after its first run.
+    private struct StatementEffects: OptionSet {
+        let rawValue: UInt8
+        /// RESET ALL, DISCARD ALL: the context is to be re-applied after the batch.
+        static let resetsContext = StatementEffects(rawValue: 1)
+        /// DISCARD ALL, DEALLOCATE ALL: every prepared statement on the connection is gone.
+        static let dropsStatements = StatementEffects(rawValue: 2)
     }
 
     /// Queries of the proxy's own on the upstream connection, whose replies the client never sees.
@@ -153,8 +166,16 @@ final class ClientSession: UpstreamConnectionOwner {
     /// needs its ReadyForQuery. Clients that wait for replies before Sync (Parse, Describe,
     /// Flush, as asyncpg does) see the error at once, as PostgreSQL would send it.
     private var refusedBatchSent = false
-    /// A Parse of this batch resets the context: re-apply after the batch's Sync.
+    /// A Parse or Bind of this batch resets the context: re-apply after the batch's Sync.
     private var reapplyAfterSync = false
+    /// The client's statements that do more than return a result, by the client's name for
+    /// them ("" for the unnamed statement). Nearly always empty: a Bind only looks when not.
+    private var statementEffects: [String: StatementEffects] = [:]
+    /// Transaction mode: connections lent so far, and the lend on whose connection the client
+    /// last parsed its unnamed statement. The unnamed statement found on a connection lent
+    /// later is not the client's but whatever an earlier borrower left there.
+    private var lends: UInt64 = 0
+    private var unnamedLend: UInt64 = 0
     /// Extended-protocol messages were sent since the last Sync: the connection is not free.
     private var extendedOpen = false
     /// Up to the client's next Sync its messages are dropped: the proxy refused a Parse of the
@@ -823,6 +844,7 @@ final class ClientSession: UpstreamConnectionOwner {
         borrowed.owner = self
         borrowed.lastTenant = tenantLease
         connection = borrowed
+        lends &+= 1
         setUpstreamReading(client.isWritable)
         switch purpose {
         case .transaction:
@@ -1241,6 +1263,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 refuseBatch(ProxyError.guardRefusal(refusal).errorResponse, now: nothingPending)
                 return .drop
             }
+            var effects: StatementEffects = []
             if guarded, transactionPooling {
                 let transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: true)
                 if let refusal = transactionVerdict.refusal {
@@ -1251,42 +1274,66 @@ final class ClientSession: UpstreamConnectionOwner {
                 if transactionVerdict.discardsPreparedStatements {
                     prepared?.removeAll()
                     connection?.preparedStatements.removeAll()
+                    effects.insert(.dropsStatements)
                 }
             }
             noteSwitch(verdict)
-            if verdict.reapplyContextAfter { reapplyAfterSync = true }
+            if verdict.reapplyContextAfter {
+                reapplyAfterSync = true
+                effects.insert(.resetsContext)
+            }
+            if !effects.isEmpty || !statementEffects.isEmpty {
+                var payload = frame.payload
+                let name = payload.readNullTerminatedString() ?? ""
+                statementEffects[name] = effects.isEmpty ? nil : effects
+            }
             return renameParse(frame)
 
         case FrontendMessageID.bind.rawValue:
             if discardingToSync { return .drop }
+            let nothingPending = !extendedOpen && replies.isEmpty && injection == nil
             extendedOpen = true
-            let decision = renameBind(frame)   // queues the Parse it may add, ahead of the Bind
+            // Queues the Parse it may add, ahead of the Bind; nil: no such statement.
+            guard let decision = renameBind(frame) else {
+                refuseBatch(noSuchStatement(bindPayload: frame.payload), now: nothingPending)
+                return .drop
+            }
             replies.sent(.init(kind: .bind))
+            if !statementEffects.isEmpty { bound(frame.payload) }
             return decision
 
         case FrontendMessageID.describe.rawValue, FrontendMessageID.close.rawValue:
             if discardingToSync { return .drop }
+            let nothingPending = !extendedOpen && replies.isEmpty && injection == nil
             extendedOpen = true
-            return renameStatementTarget(frame)
+            guard let decision = renameStatementTarget(frame) else {
+                var payload = frame.payload
+                payload.moveReaderIndex(forwardBy: 1)
+                refuseBatch(noSuchStatement(named: payload.readNullTerminatedString() ?? ""), now: nothingPending)
+                return .drop
+            }
+            return decision
 
         case FrontendMessageID.sync.rawValue:
             extendedOpen = false
-            if let error = refusedBatch {
-                refusedBatch = nil
-                answer(refusedBatchSent ? [] : [.errorResponse(error)])
-                refusedBatchSent = false
-                return .forward
-            }
-            if reapplyAfterSync {
+            // A RESET ALL / DISCARD ALL of the batch went upstream before anything the proxy
+            // refused: it runs (or the server skips it) whatever the refusal.
+            let reapply = reapplyAfterSync
+            if reapply {
                 reapplyAfterSync = false
                 connection?.context = "(reset)"
                 connection?.applied.removeAll()
                 connection?.appliedSettings = nil
-                replies.sent(.init(kind: .sync, note: .reapply))
-                return .pauseAfter
             }
-            replies.sent(.init(kind: .sync, note: .plain))
-            return .forward
+            if let error = refusedBatch {
+                refusedBatch = nil
+                answers.append(refusedBatchSent ? [] : [.errorResponse(error)])
+                refusedBatchSent = false
+                replies.sent(.init(kind: .sync, note: reapply ? .answeredThenReapply : .answered))
+                return reapply ? .pauseAfter : .forward
+            }
+            replies.sent(.init(kind: .sync, note: reapply ? .reapply : .plain))
+            return reapply ? .pauseAfter : .forward
 
         case FrontendMessageID.functionCall.rawValue:
             guard tenantStillActive() else { return .closed }
@@ -1383,6 +1430,7 @@ final class ClientSession: UpstreamConnectionOwner {
         // The unnamed statement lives and dies within the transaction: forwarded as is, without
         // decoding it.
         guard transactionPooling, var prepared, PreparedStatements.isNamed(parse: frame.payload) else {
+            unnamedLend = lends
             replies.sent(.init(kind: .parse))
             return .forward
         }
@@ -1411,11 +1459,14 @@ final class ClientSession: UpstreamConnectionOwner {
         return statement.parse
     }
 
-    private func renameBind(_ frame: PGFrame) -> FrameDecision {
+    /// nil: in transaction mode, the client has no statement of that name here (see
+    /// `noSuchStatement`).
+    private func renameBind(_ frame: PGFrame) -> FrameDecision? {
         let payload = frame.payload
         guard transactionPooling, prepared != nil, let connection,
-              let parts = PreparedStatements.bindParts(payload), parts.nameLength > 0
+              let parts = PreparedStatements.bindParts(payload)
         else { return .forward }
+        guard parts.nameLength > 0 else { return unnamedLend == lends ? .forward : nil }
         // The name and the portal are read in place: no String is made for a Bind of a statement
         // named recently (see PreparedStatements.statement(named:)).
         let found: PreparedStatements.Statement? = payload.withUnsafeReadableBytes { raw in
@@ -1425,19 +1476,35 @@ final class ClientSession: UpstreamConnectionOwner {
                                                       statement: statement.nameBytes, restLength: raw.count - parts.restStart)
             return statement
         }
-        guard let statement = found else { return .forward }
+        guard let statement = found else { return nil }
         // The payload follows the frame's type byte and length.
         return .rebind(parse: parseIfMissing(statement, on: connection), header: connection.scratch, restAt: 5 + parts.restStart)
     }
 
-    private func renameStatementTarget(_ frame: PGFrame) -> FrameDecision {
+    /// nil: a Describe, in transaction mode, of a statement the client does not have here (see
+    /// `noSuchStatement`).
+    private func renameStatementTarget(_ frame: PGFrame) -> FrameDecision? {
         let isClose = frame.type == FrontendMessageID.close.rawValue
         var payload = frame.payload
         guard transactionPooling, let kind = payload.readInteger(as: UInt8.self), kind == PGTargetKind.statement.rawValue,
-              let name = payload.readNullTerminatedString(), !name.isEmpty, let statement = prepared?[name]
+              let name = payload.readNullTerminatedString()
         else {
             replies.sent(.init(kind: isClose ? .close : .describe))
             return .forward
+        }
+        if isClose, !statementEffects.isEmpty { statementEffects[name] = nil }
+        guard let statement = name.isEmpty ? nil : prepared?[name] else {
+            if name.isEmpty ? unnamedLend == lends || isClose : prepared == nil {
+                replies.sent(.init(kind: isClose ? .close : .describe))
+                return .forward
+            }
+            guard isClose else { return nil }
+            // Closing a name it does not have is no error (as on PostgreSQL), and must not close
+            // what an earlier borrower left under that name: a name no statement ever has.
+            replies.sent(.init(kind: .close))
+            var buffer = client.allocator.buffer(capacity: 16)
+            FrontendMessage.close(Close(kind: .statement, name: Self.neverPrepared)).encode(into: &buffer)
+            return .replace([buffer])
         }
         if isClose {
             prepared?.remove(name)
@@ -1458,6 +1525,40 @@ final class ClientSession: UpstreamConnectionOwner {
         var buffer = client.allocator.buffer(capacity: 32)
         FrontendMessage.describe(Describe(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
         return .replace((parse.map { [$0] } ?? []) + [buffer])
+    }
+
+    /// A statement name no proxy statement has (theirs are `tp<session>_<n>`, n from 1) and no
+    /// client's statement has on the wire (each is renamed so).
+    private static let neverPrepared = "tp_0"
+
+    /// Transaction mode: a Bind or Describe of a statement the client has not prepared (on this
+    /// lent connection, for the unnamed one) is answered as PostgreSQL would answer it on a
+    /// connection of the client's own; forwarded, it would run or describe whatever an earlier
+    /// borrower left there under that name (a proxy name, or its unnamed statement).
+    private func noSuchStatement(named name: String) -> ErrorResponse {
+        ErrorResponse(sqlState: "26000", message: name.isEmpty ? "unnamed prepared statement does not exist"
+                                                               : "prepared statement \"\(name)\" does not exist",
+                      hint: name.isEmpty ? "In transaction pooling mode the unnamed statement lasts for one transaction: "
+                          + "send its Parse in the same transaction as its Bind, or use a named statement." : nil)
+    }
+
+    private func noSuchStatement(bindPayload payload: ByteBuffer) -> ErrorResponse {
+        var payload = payload
+        _ = payload.readNullTerminatedString()
+        return noSuchStatement(named: payload.readNullTerminatedString() ?? "")
+    }
+
+    /// A Bind of a statement with effects (RESET ALL, DISCARD ALL, DEALLOCATE ALL) runs them again.
+    private func bound(_ payload: ByteBuffer) {
+        var payload = payload
+        _ = payload.readNullTerminatedString()
+        guard let effects = statementEffects[payload.readNullTerminatedString() ?? ""] else { return }
+        if effects.contains(.resetsContext) { reapplyAfterSync = true }
+        if effects.contains(.dropsStatements) {
+            prepared?.removeAll()
+            connection?.preparedStatements.removeAll()
+            statementEffects = statementEffects.filter { $0.key.isEmpty }
+        }
     }
 
     // MARK: - Guard
@@ -1618,16 +1719,22 @@ final class ClientSession: UpstreamConnectionOwner {
                 case BackendMessageID.readyForQuery.rawValue:
                     let status = size > 5 ? buffer.getInteger(at: frameStart + 5, as: UInt8.self) : nil
                     buffer.moveReaderIndex(to: frameEnd)
-                    switch readyForQuery(status: status) {
+                    let note = readyForQuery(status: status)
+                    switch note {
                     case .plain:
                         break
-                    case .answered:
+                    case .answered, .answeredThenReapply:
                         // The proxy's own answer goes just before this ReadyForQuery.
                         emitRun(upTo: frameStart)
                         runStart = frameStart
                         // (Each `.answered` cycle was queued with its answer, and neither is
                         // ever dropped alone; an empty list would be a bug, not a reason to trap.)
                         writeToClient(answers.isEmpty ? [] : answers.removeFirst(), flush: false)
+                        if case .answeredThenReapply = note {
+                            emitRun(upTo: frameEnd)
+                            runStart = frameEnd
+                            reapplyContext()
+                        }
                     case .reapply:
                         emitRun(upTo: frameEnd)
                         runStart = frameEnd
@@ -1638,8 +1745,10 @@ final class ClientSession: UpstreamConnectionOwner {
                     tally?.counters.errors += 1
                     buffer.moveReaderIndex(to: frameEnd)
                     let undone = replies.failed()
-                    if !undone.isEmpty {
-                        emitRun(upTo: frameEnd)
+                    let renamed = prepared != nil ? clientFacingError(original, at: frameStart, size: size) : nil
+                    if !undone.isEmpty || renamed != nil {
+                        emitRun(upTo: renamed == nil ? frameEnd : frameStart)
+                        if let renamed { clientOut.write(renamed) }
                         runStart = frameEnd
                         undo(undone)
                     }
@@ -1719,6 +1828,31 @@ final class ClientSession: UpstreamConnectionOwner {
         }
     }
 
+    /// An upstream error naming one of the client's statements by its proxy name (a Bind
+    /// pipelined behind a batch whose Parse of the statement the server skipped), re-encoded
+    /// with the client's name; nil for any other error (nearly all: one scan of its bytes).
+    private func clientFacingError(_ buffer: ByteBuffer, at start: Int, size: Int) -> ByteBuffer? {
+        guard let prepared else { return nil }
+        let prefix = prepared.proxyPrefix
+        let found = buffer.withUnsafeReadableBytes { raw -> Bool in
+            let offset = start - buffer.readerIndex
+            return UnsafeRawBufferPointer(rebasing: raw[offset ..< offset + size]).firstRange(of: prefix.utf8) != nil
+        }
+        guard found, var payload = buffer.getSlice(at: start + 5, length: size - 5),
+              var error = try? ErrorResponse.decode(payload: &payload) else { return nil }
+        var changed = false
+        for index in error.fields.indices {
+            if let text = prepared.clientFacing(error.fields[index].value) {
+                error.fields[index].value = text
+                changed = true
+            }
+        }
+        guard changed else { return nil }
+        var out = client.allocator.buffer(capacity: size + 16)
+        error.encode(into: &out)
+        return out
+    }
+
     /// What PostgreSQL discarded after an extended message failed (see ReplyQueue). A Parse
     /// prepared nothing: the connection does not have the statement, and a client's own Parse
     /// made no statement of its own either. A Close closed nothing. A Query or FunctionCall gets
@@ -1755,8 +1889,11 @@ final class ClientSession: UpstreamConnectionOwner {
         if let tally {
             tally.counters.queries += 1
             // Answered by the proxy (a refusal, DEALLOCATE): no transaction ran upstream.
-            if case .answered = note {} else if status == .idle {
-                tally.counters.transactions += 1
+            switch note {
+            case .answered, .answeredThenReapply:
+                break
+            case .plain, .reapply:
+                if status == .idle { tally.counters.transactions += 1 }
             }
         }
         return note
