@@ -197,3 +197,95 @@ def damaged_log_in(r: random.Random, raw: h.RawConn, user: str, database: str, s
         raise AssertionError(f"the server did not answer a whole message: {what()!r}")
     except ConnectionError:
         pass   # closed by the server after its error, or at once
+
+
+# --------------------------------------------------------------------------------------------
+# session state a borrower could leave on a lent connection (test_borrowers_find_nothing_left)
+
+def state_sql(acme: str, globex: str, initech: str) -> list[str]:
+    """Statements that would leave state on the connection at session level, in several
+    spellings, beside ones that are allowed (transaction-scoped, tracked settings, plain work)."""
+    other = [globex, acme, initech, "not-a-uuid", ""]
+    sql = [
+        # temporary objects
+        "CREATE TEMP TABLE lt1(a int)", "create temporary table lt2 as select 1 as a",
+        "CREATE TABLE pg_temp.lt3(a int)", "SELECT 1 AS a INTO TEMP lt4",
+        "CREATE GLOBAL TEMPORARY TABLE lt5(a int)", "CREATE TEMP VIEW lv1 AS SELECT 1",
+        "CREATE TEMP SEQUENCE lq1", "CREATE FUNCTION pg_temp.lf() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE VIEW lv2 AS SELECT * FROM pg_temp.lt1", "EXPLAIN ANALYZE CREATE TEMP TABLE lt6 AS SELECT 1",
+        "CREATE TEMP TABLE lt7(a int) ON COMMIT DROP",
+        "BEGIN; CREATE TEMP TABLE lt8(a int) ON COMMIT DROP; INSERT INTO lt8 VALUES (1); COMMIT",
+        "CREATE TEMP TABLE lt9(a int) ON COMMIT DELETE ROWS",
+        # cursors
+        "DECLARE lc1 CURSOR WITH HOLD FOR SELECT 1", "BEGIN; DECLARE lc2 CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+        "DECLARE lc3 NO SCROLL CURSOR WITH HOLD FOR SELECT 1", "BEGIN; DECLARE lc4 CURSOR FOR SELECT 1",
+        "FETCH lc4", "CLOSE ALL",
+        # advisory locks
+        "SELECT pg_advisory_lock(7)", "SELECT PG_ADVISORY_LOCK(7)", 'SELECT "pg_advisory_lock"(7)',
+        "SELECT pg_catalog.pg_advisory_lock(7)", "SELECT pg_try_advisory_lock_shared(8)",
+        "SELECT pg_advisory_lock(1, 2)", "BEGIN; SELECT pg_advisory_xact_lock(9); COMMIT",
+        "SELECT pg_advisory_unlock_all()",
+        # notifications
+        "LISTEN lchan", 'LISTEN "LChan"', "UNLISTEN *", "NOTIFY lchan", "SELECT pg_notify('lchan', 'x')",
+        # SQL prepared statements
+        "PREPARE lp1 AS SELECT 1", "EXECUTE lp1", "DEALLOCATE lp1", "DEALLOCATE ALL",
+        "DEALLOCATE PREPARE lp1", "EXPLAIN EXECUTE lp1",
+        # settings, session level and local
+        "SET search_path = pg_temp, public", "SET SCHEMA 'pg_catalog'", "SET SESSION search_path TO public",
+        "SELECT set_config('search_path', 'pg_catalog', false)", "SELECT set_config('search_path', 'x', true)",
+        "BEGIN; SET LOCAL search_path = x; COMMIT", "SET statement_timeout = 1234",
+        "SET lock_timeout = '5s'", "SET work_mem = '8MB'", "SET xmloption = content",
+        "SET XML OPTION DOCUMENT", 'SET "work_mem" = \'9MB\'', "SET SESSION work_mem = '7MB'",
+        "RESET work_mem", "RESET ALL", "DISCARD ALL", "DISCARD TEMP", "DISCARD PLANS",
+        "SET default_transaction_read_only = on", "SET default_transaction_isolation = 'serializable'",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "SET TRANSACTION READ ONLY",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SELECT 1; COMMIT",
+        "SET ROLE app_owner", "SET ROLE NONE", "RESET ROLE", "SET SESSION AUTHORIZATION DEFAULT",
+        "SET SESSION AUTHORIZATION app_owner", "LOAD 'plpgsql'",
+        # tracked settings (restored for every borrower)
+        "SET TimeZone = 'Asia/Tokyo'", "SET TIME ZONE 'Europe/Paris'", "RESET TIME ZONE",
+        "SET DateStyle = 'German'", "SET datestyle TO 'SQL, DMY'", "SET IntervalStyle = 'iso_8601'",
+        "SET application_name = 'fuzz-leftovers'", "SET NAMES 'LATIN1'", "SET client_encoding = 'UTF8'",
+        "SET standard_conforming_strings = off", "SET standard_conforming_strings = on",
+        "SELECT set_config('TimeZone', 'UTC', false)", "RESET DateStyle",
+        # plain work, transactions
+        "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT ls", "ROLLBACK TO ls", "SELECT 1", "SELECT 1/0",
+        "SELECT count(*) FROM todos", "INSERT INTO todos (title) VALUES ('leftover')",
+        "DO $$BEGIN PERFORM set_config('search_path', 'x', false); END$$",
+        "do language plpgsql $x$begin execute 'set work_mem = ''3MB'''; end$x$",
+    ]
+    for tid in other:
+        sql += [f"SET nile.tenant_id = '{tid}'", f"SET LOCAL nile.tenant_id = '{tid}'",
+                f"SELECT set_config('nile.tenant_id', '{tid}', false)",
+                f"BEGIN; SET LOCAL nile.tenant_id = '{tid}'; SELECT count(*) FROM todos",
+                f'SET "nile".tenant_id = \'{tid}\'', f"SET SESSION NILE.TENANT_ID TO '{tid}'"]
+    sql += ["RESET nile.tenant_id", "SET nile.user_id = 'cccccccc-0000-4000-8000-000000000002'",
+            "RESET nile.user_id"]
+    return sql
+
+
+def state_messages(r: random.Random, sql: list[str]) -> list[bytes]:
+    """One to six whole (rarely damaged) messages running statements of `sql`: Query with one to
+    three of them, or Parse (named or unnamed), Bind, Describe, Execute, Sync."""
+    out = []
+    for _ in range(r.randrange(1, 7)):
+        if r.random() < 0.55:
+            text = "; ".join(r.choice(sql) for _ in range(r.choice([1, 1, 2, 3])))
+            out.append(h.message(b"Q", damaged(r, cstr(text.encode()), rate=0.03)))
+            continue
+        name = r.choice([b"", b"ls1", b"ls2"])
+        if r.random() < 0.1:
+            # a statement of an earlier message, or of an earlier borrower
+            lone = r.choice([b"", b"ls1", b"ls2", b"tp_0"])
+            out += [h.message(b"B", b"\x00" + cstr(lone) + u16(0) + u16(0) + u16(0)),
+                    h.message(b"E", b"\x00" + struct.pack("!i", 0)), h.message(b"S")]
+            continue
+        out.append(h.message(b"P", cstr(name) + cstr(r.choice(sql).encode()) + u16(0)))
+        if r.random() < 0.9:
+            out.append(h.message(b"B", b"\x00" + cstr(name) + u16(0) + u16(0) + u16(0)))
+            if r.random() < 0.3:
+                out.append(h.message(b"D", b"P\x00"))
+            out.append(h.message(b"E", b"\x00" + struct.pack("!i", 0)))
+        if r.random() < 0.8:
+            out.append(h.message(b"S"))
+    return out

@@ -14,6 +14,11 @@ the fuzzing clients borrowed before them.
 The log-in variant damages the start-up packet, the SASL mechanism and lengths, and the SCRAM
 client-first and client-final messages.
 
+The borrowers variant (transaction mode, one upstream connection, the upstream role given back
+what deploy/sql revokes so that anything let through would take effect) runs statements that
+would leave session state, in several spellings, and checks after each client that the next
+one finds the connection as a fresh one: see test_borrowers_find_nothing_left.
+
 `FUZZ_SEED` and `FUZZ_ITERS` (environment) change the seed and the number of iterations:
 
     FUZZ_SEED=7 FUZZ_ITERS=2000 python3 -m pytest Tests/integration/test_fuzz.py -q
@@ -21,7 +26,9 @@ client-first and client-final messages.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import re
 import socket
 import struct
 
@@ -136,3 +143,103 @@ def test_damaged_log_ins(make_pool_tproxy):
         assert p.alive(), what()
         if i % 10 == 9:
             check_neighbour(p, "bob", "globex", what)
+
+
+STATE_QUERY = """SELECT current_setting('nile.tenant_id', true), current_setting('nile.user_id', true),
+  pg_current_xact_id_if_assigned() IS NOT NULL,
+  (SELECT count(*) FROM todos
+    WHERE tenant_id::text IS DISTINCT FROM current_setting('nile.tenant_id', true)),
+  (SELECT count(*) FROM pg_cursors),
+  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+  (SELECT count(*) FROM pg_listening_channels()),
+  (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()),
+  (SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema()),
+  (SELECT count(*) FROM pg_prepared_statements WHERE from_sql OR name !~ '^tp[0-9]+_[0-9]+$'),
+  current_user, session_user, current_setting('role'), current_setting('search_path'),
+  current_setting('TimeZone'), current_setting('DateStyle'), current_setting('IntervalStyle'),
+  current_setting('client_encoding'), current_setting('application_name'),
+  current_setting('standard_conforming_strings'), current_setting('statement_timeout'),
+  current_setting('lock_timeout'), current_setting('work_mem'), current_setting('xmloption'),
+  current_setting('default_transaction_isolation'),
+  current_setting('default_transaction_read_only'), current_setting('transaction_read_only')"""
+
+
+def session_state(p, user: str) -> tuple:
+    with ps.tconnect(p, user) as conn:
+        return conn.execute(STATE_QUERY).fetchone()
+
+
+@contextlib.contextmanager
+def widened_grants(cluster):
+    """The upstream role as an operator might have left it (TEMP, set_config, plpgsql: the
+    defaults deploy/sql revokes), so that what the proxy lets through would take effect."""
+    grants = [f"TEMPORARY ON DATABASE {ts.APP_DB}",
+              "EXECUTE ON FUNCTION pg_catalog.set_config(text, text, boolean)",
+              "USAGE ON LANGUAGE plpgsql", "CREATE ON SCHEMA public"]
+    with cluster.su(ts.APP_DB) as c:
+        for g in grants:
+            c.execute(f"GRANT {g} TO {ts.PROXY_ROLE}")
+    try:
+        yield
+    finally:
+        with cluster.su(ts.APP_DB) as c:
+            for g in grants:
+                c.execute(f"REVOKE {g} FROM {ts.PROXY_ROLE}")
+            c.execute("DELETE FROM todos WHERE title = 'leftover'")
+            c.execute("DROP VIEW IF EXISTS lv2")
+
+
+PROXY_NAME = re.compile(rb"tp[0-9]+_[0-9]+")
+
+
+@pytest.mark.timeout_s(900)
+def test_borrowers_find_nothing_left(make_pool_tproxy, pool_tcluster):
+    """Transaction mode, one upstream connection: clients (pinned alice, switch user sam) run
+    statements that would leave session state (temporary objects, cursors WITH HOLD, advisory
+    locks, LISTEN, SQL PREPARE, session settings, role, tenant settings in every spelling),
+    beside allowed ones, by Query and by Parse/Bind/Execute, and leave in every way: answered,
+    Terminate, or a closed socket, inside a transaction or not. After each, a client of acme
+    or globex must find the connection exactly as a fresh one: its own tenant and user, no
+    transaction, no foreign rows, no cursor, lock, channel, temporary object or statement of
+    anyone else, every setting at its default. No proxy statement name may reach a client."""
+    with widened_grants(pool_tcluster):
+        p = make_pool_tproxy(mode="transaction", size=1)
+        baseline = {u: session_state(p, u) for u in ("alice", "bob")}
+        assert baseline["alice"][0] == ts.ACME and baseline["bob"][0] == ts.GLOBEX
+        sql = fz.state_sql(ts.ACME, ts.GLOBEX, ps.ALL_TENANTS["umbrella"])
+        r = random.Random(f"{SEED}-leftovers")
+        for i in range(ITERS):
+            user = r.choice(["alice", "sam"])
+            frames = fz.state_messages(r, sql)
+            ending = r.choice(["answered", "terminate", "close"])
+
+            def what():
+                return (f"seed {SEED} iteration {i} ({user}, {ending}): {frames!r}\n"
+                        f"--- proxy stderr ---\n{p.stderr()}")
+
+            with h.RawConn(p.host, p.port) as raw:
+                raw.startup(user, ps.password_of(user), ts.APP_DB)
+                if ending == "answered":
+                    frames += [h.message(b"S"), h.message(b"Q", b"ROLLBACK\x00"),
+                               h.message(b"Q", b"SELECT '" + MARKER + b"'\x00")]
+                elif ending == "terminate":
+                    frames.append(h.message(b"X"))
+                try:
+                    raw.send(b"".join(frames))
+                except OSError:
+                    pass
+                if ending == "answered":
+                    got = read_until_marker_or_closed(raw, what)
+                elif ending == "terminate":
+                    got = bytes(raw.buf) + h.read_until_closed(raw.sock, 30, what=what)
+                else:
+                    got = b""
+                fz.assert_well_formed(got, what)
+                assert not PROXY_NAME.search(got), ("a proxy statement name reached the client",
+                                                    what())
+            assert p.alive(), what()
+            checker = r.choice(["alice", "bob"])
+            state = session_state(p, checker)
+            assert state == baseline[checker], (
+                [(n, b, s) for n, (b, s) in enumerate(zip(baseline[checker], state)) if b != s],
+                what())
