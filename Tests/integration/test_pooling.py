@@ -912,6 +912,30 @@ def test_statements_left_by_earlier_borrowers_are_not_reachable(make_pool_tproxy
         assert first.run_prepared("mine", [])["rows"] == [["first-named"]]
 
 
+@pytest.mark.timeout_s(120)
+def test_unnamed_statement_prepared_on_its_own(make_pool_tproxy):
+    """PQprepare with an empty name, then PQexecPrepared (Parse+Sync, later Bind+Execute+Sync)
+    between transactions: the proxy answers the Parse and prepares the statement on the
+    connection lent for the Bind, whatever another client of the same user left there
+    meanwhile. A Query drops it, as on PostgreSQL."""
+    p = make_pool_tproxy(mode="transaction", size=1)
+    with ps.ExtConn(p.host, p.port) as c, ps.ExtConn(p.host, p.port) as other:
+        c.startup("alice", ps.password_of("alice"), ts.APP_DB)
+        other.startup("alice", ps.password_of("alice"), ts.APP_DB)
+        r = c.batch(c.parse("", "SELECT 'mine ' || $1::text"))
+        assert r["tags"] == [b"1", b"Z"] and r["errors"] == [], r
+        r = other.batch(other.parse("", "SELECT 'other'"), other.bind("", []), other.execute())
+        assert r["rows"] == [["other"]], r
+        for n in range(2):
+            assert c.run_prepared("", [str(n)])["rows"] == [[f"mine {n}"]]
+            r = c.batch(c.describe_statement(""))
+            assert r["errors"] == [] and b"t" in r["tags"], r
+        assert other.batch(other.bind("", []), other.execute())["errors"][0]["C"] == "26000"
+        assert c.query("SELECT 1") == [["1"]]
+        r = c.run_prepared("", ["x"])
+        assert [e.get("M") for e in r["errors"]] == ["unnamed prepared statement does not exist"], r
+
+
 def test_psycopg_deallocate_all(make_proxy, db):
     p = make_proxy(extra=ps.pool_extra(size=2))
     with ps.psycopg_connect(p, db, prepare_threshold=0) as conn:

@@ -176,6 +176,10 @@ final class ClientSession: UpstreamConnectionOwner {
     /// later is not the client's but whatever an earlier borrower left there.
     private var lends: UInt64 = 0
     private var unnamedLend: UInt64 = 0
+    /// The client's unnamed statement when the proxy answered its Parse itself (a Parse+Sync
+    /// between transactions, as `PQprepare` with an empty name sends): the Parse, sent ahead of
+    /// its Bind or Describe on a later lend. nil once a Parse or Query replaces it.
+    private var unnamedParse: ByteBuffer?
     /// Extended-protocol messages were sent since the last Sync: the connection is not free.
     private var extendedOpen = false
     /// Up to the client's next Sync its messages are dropped: the proxy refused a Parse of the
@@ -1143,6 +1147,10 @@ final class ClientSession: UpstreamConnectionOwner {
                 runStart = frameStart + restAt
                 if let parse { upstream.out.write(parse) }
                 upstream.out.write(header)
+            case .ahead(let bytes):
+                emitRun(upTo: frameStart)
+                runStart = frameStart
+                upstream.out.write(bytes)
             case .pauseAfter:
                 clientPaused = true
             case .closed:
@@ -1174,6 +1182,8 @@ final class ClientSession: UpstreamConnectionOwner {
         /// the frame's first `restAt` bytes; the rest (the parameters) goes out with the frames
         /// after it, as one run of the client's bytes.
         case rebind(parse: ByteBuffer?, header: ByteBuffer, restAt: Int)
+        /// Send these bytes, then the frame.
+        case ahead(ByteBuffer)
         /// Forward it, then hold everything after it until the context is re-applied.
         case pauseAfter
         case closed
@@ -1205,6 +1215,8 @@ final class ClientSession: UpstreamConnectionOwner {
             guard tenantStillActive() else { return .closed }
             // Inside a batch being discarded up to its Sync, a Query goes too.
             if discardingToSync { return .drop }
+            // (A Query drops the unnamed statement, on PostgreSQL.)
+            if unnamedParse != nil { unnamedParse = nil }
             // Text with nothing either guard acts on is not lexed (see GuardPrefilter).
             let guarded = withSQL(frame.payload, skippingName: false, GuardPrefilter.mayMatter)
             var verdict = guarded ? inspect(frame.payload, skippingName: false) : .allow
@@ -1399,29 +1411,39 @@ final class ClientSession: UpstreamConnectionOwner {
         var probe = buffer
         var decoder = frontendDecoder
         var parses: [Parse] = []
+        var unnamed: Parse?
         while let part = try decoder.next(from: &probe) {
             guard case .frame(let frame) = part else { return false }
             if frame.type == FrontendMessageID.sync.rawValue {
-                guard !parses.isEmpty else { return false }
+                guard !parses.isEmpty || unnamed != nil else { return false }
                 for parse in parses { _ = prepared?.register(parse, allocator: client.allocator) }
+                if let unnamed {
+                    var parse = client.allocator.buffer(capacity: unnamed.query.utf8.count + 16)
+                    FrontendMessage.parse(unnamed).encode(into: &parse)
+                    unnamedParse = parse
+                }
                 buffer = probe
                 frontendDecoder = decoder
-                var messages = [BackendMessage](repeating: .parseComplete, count: parses.count)
+                var messages = [BackendMessage](repeating: .parseComplete, count: parses.count + (unnamed == nil ? 0 : 1))
                 messages.append(.readyForQuery(ReadyForQuery(status: .idle)))
                 writeToClient(messages, flush: true)
                 return true
             }
-            // Only named statements new to this client qualify: decide that before reading the SQL
-            // (an unnamed Parse, as in pgbench -M extended, goes upstream with its Bind).
-            guard frame.type == FrontendMessageID.parse.rawValue, PreparedStatements.isNamed(parse: frame.payload)
-            else { return false }
+            // Only a Parse+Sync batch qualifies: decide that before reading the SQL (an unnamed
+            // Parse, as in pgbench -M extended, goes upstream with its Bind in one batch).
+            guard frame.type == FrontendMessageID.parse.rawValue else { return false }
+            if !PreparedStatements.isNamed(parse: frame.payload) {
+                // An unnamed one only right before the Sync, seen without decoding the Parse.
+                guard unnamed == nil, probe.getInteger(at: probe.readerIndex, as: UInt8.self) == FrontendMessageID.sync.rawValue
+                else { return false }
+            }
             var payload = frame.payload
-            guard let parse = try? Parse.decode(payload: &payload), prepared?[parse.name] == nil,
+            guard let parse = try? Parse.decode(payload: &payload), parse.name.isEmpty || prepared?[parse.name] == nil,
                   !parses.contains(where: { $0.name == parse.name }) else { return false }
             let verdict = inspect(frame.payload, skippingName: true)
             guard verdict.isAllowed, !verdict.reapplyContextAfter,
                   inspectForTransactionMode(frame.payload, skippingName: true) == .allow else { return false }
-            parses.append(parse)
+            if parse.name.isEmpty { unnamed = parse } else { parses.append(parse) }
         }
         return false
     }
@@ -1431,6 +1453,7 @@ final class ClientSession: UpstreamConnectionOwner {
         // decoding it.
         guard transactionPooling, var prepared, PreparedStatements.isNamed(parse: frame.payload) else {
             unnamedLend = lends
+            if unnamedParse != nil { unnamedParse = nil }
             replies.sent(.init(kind: .parse))
             return .forward
         }
@@ -1466,7 +1489,7 @@ final class ClientSession: UpstreamConnectionOwner {
         guard transactionPooling, prepared != nil, let connection,
               let parts = PreparedStatements.bindParts(payload)
         else { return .forward }
-        guard parts.nameLength > 0 else { return unnamedLend == lends ? .forward : nil }
+        guard parts.nameLength > 0 else { return unnamedLend == lends ? .forward : unnamedParseAhead() }
         // The name and the portal are read in place: no String is made for a Bind of a statement
         // named recently (see PreparedStatements.statement(named:)).
         let found: PreparedStatements.Statement? = payload.withUnsafeReadableBytes { raw in
@@ -1495,8 +1518,14 @@ final class ClientSession: UpstreamConnectionOwner {
         if isClose, !statementEffects.isEmpty { statementEffects[name] = nil }
         guard let statement = name.isEmpty ? nil : prepared?[name] else {
             if name.isEmpty ? unnamedLend == lends || isClose : prepared == nil {
+                if isClose, name.isEmpty { unnamedParse = nil }
                 replies.sent(.init(kind: isClose ? .close : .describe))
                 return .forward
+            }
+            if name.isEmpty, !isClose {
+                let ahead = unnamedParseAhead()
+                if ahead != nil { replies.sent(.init(kind: .describe)) }
+                return ahead
             }
             guard isClose else { return nil }
             // Closing a name it does not have is no error (as on PostgreSQL), and must not close
@@ -1525,6 +1554,16 @@ final class ClientSession: UpstreamConnectionOwner {
         var buffer = client.allocator.buffer(capacity: 32)
         FrontendMessage.describe(Describe(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
         return .replace((parse.map { [$0] } ?? []) + [buffer])
+    }
+
+    /// The client's unnamed statement, answered by the proxy when parsed, prepared on this lent
+    /// connection ahead of the message that uses it (its ParseComplete is the proxy's); nil
+    /// when the client has none.
+    private func unnamedParseAhead() -> FrameDecision? {
+        guard let parse = unnamedParse else { return nil }
+        unnamedLend = lends
+        replies.sent(.init(kind: .parse, added: true))
+        return .ahead(parse)
     }
 
     /// A statement name no proxy statement has (theirs are `tp<session>_<n>`, n from 1) and no
