@@ -1303,11 +1303,12 @@ final class ClientSession: UpstreamConnectionOwner {
 
         case FrontendMessageID.bind.rawValue:
             if discardingToSync { return .drop }
-            let nothingPending = !extendedOpen && replies.isEmpty && injection == nil
+            let wasOpen = extendedOpen
             extendedOpen = true
-            // Queues the Parse it may add, ahead of the Bind; nil: no such statement.
+            // Queues the Parse it may add, ahead of the Bind; nil: no such statement (then
+            // nothing was queued).
             guard let decision = renameBind(frame) else {
-                refuseBatch(noSuchStatement(bindPayload: frame.payload), now: nothingPending)
+                refuseBatch(noSuchStatement(bindPayload: frame.payload), now: !wasOpen && replies.isEmpty && injection == nil)
                 return .drop
             }
             replies.sent(.init(kind: .bind))
@@ -1316,12 +1317,13 @@ final class ClientSession: UpstreamConnectionOwner {
 
         case FrontendMessageID.describe.rawValue, FrontendMessageID.close.rawValue:
             if discardingToSync { return .drop }
-            let nothingPending = !extendedOpen && replies.isEmpty && injection == nil
+            let wasOpen = extendedOpen
             extendedOpen = true
             guard let decision = renameStatementTarget(frame) else {
                 var payload = frame.payload
                 payload.moveReaderIndex(forwardBy: 1)
-                refuseBatch(noSuchStatement(named: payload.readNullTerminatedString() ?? ""), now: nothingPending)
+                refuseBatch(noSuchStatement(named: payload.readNullTerminatedString() ?? ""),
+                            now: !wasOpen && replies.isEmpty && injection == nil)
                 return .drop
             }
             return decision
