@@ -31,6 +31,7 @@ import random
 import re
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -192,6 +193,42 @@ def widened_grants(cluster):
 PROXY_NAME = re.compile(rb"tp[0-9]+_[0-9]+")
 
 
+class Neighbour:
+    """A client of another tenant running its own transactions beside the fuzzing ones, on the
+    same pooled connection: a tracked setting of its own (TimeZone) and a named prepared
+    statement (psycopg's), each run checked against the first."""
+
+    def __init__(self, p, user: str):
+        self.p, self.user = p, user
+        self.failures: list[str] = []
+        self.runs = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            with ps.tconnect(self.p, self.user) as conn:
+                conn.execute("SET TimeZone = 'America/New_York'")
+                expected = conn.execute(STATE_QUERY, prepare=True).fetchone()
+                while not self.stop.is_set():
+                    got = conn.execute(STATE_QUERY, prepare=True).fetchone()
+                    self.runs += 1
+                    if got != expected:
+                        self.failures.append(f"run {self.runs}: " + repr(
+                            [(n, e, g) for n, (e, g) in enumerate(zip(expected, got)) if e != g]))
+                        return
+        except Exception as exc:   # noqa: BLE001 (any error of the neighbour is a finding)
+            self.failures.append(f"run {self.runs}: {exc!r}")
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+
+
 @pytest.mark.timeout_s(900)
 def test_borrowers_find_nothing_left(make_pool_tproxy, pool_tcluster):
     """Transaction mode, one upstream connection: clients (pinned alice, switch user sam) run
@@ -201,45 +238,55 @@ def test_borrowers_find_nothing_left(make_pool_tproxy, pool_tcluster):
     Terminate, or a closed socket, inside a transaction or not. After each, a client of acme
     or globex must find the connection exactly as a fresh one: its own tenant and user, no
     transaction, no foreign rows, no cursor, lock, channel, temporary object or statement of
-    anyone else, every setting at its default. No proxy statement name may reach a client."""
+    anyone else, every setting at its default. No proxy statement name may reach a client.
+    Meanwhile bob (globex) runs his own transactions on the same connection, with a setting and
+    a named prepared statement of his own, and must always find them and his context."""
     with widened_grants(pool_tcluster):
         p = make_pool_tproxy(mode="transaction", size=1)
         baseline = {u: session_state(p, u) for u in ("alice", "bob")}
         assert baseline["alice"][0] == ts.ACME and baseline["bob"][0] == ts.GLOBEX
         sql = fz.state_sql(ts.ACME, ts.GLOBEX, ps.ALL_TENANTS["umbrella"])
         r = random.Random(f"{SEED}-leftovers")
-        for i in range(ITERS):
-            user = r.choice(["alice", "sam"])
-            frames = fz.state_messages(r, sql)
-            ending = r.choice(["answered", "terminate", "close"])
+        with Neighbour(p, "bob") as neighbour:
+            fuzz_borrowers(p, r, sql, baseline, neighbour)
+        assert not neighbour.failures, neighbour.failures
+        assert neighbour.runs > 0
 
-            def what():
-                return (f"seed {SEED} iteration {i} ({user}, {ending}): {frames!r}\n"
-                        f"--- proxy stderr ---\n{p.stderr()}")
 
-            with h.RawConn(p.host, p.port) as raw:
-                raw.startup(user, ps.password_of(user), ts.APP_DB)
-                if ending == "answered":
-                    frames += [h.message(b"S"), h.message(b"Q", b"ROLLBACK\x00"),
-                               h.message(b"Q", b"SELECT '" + MARKER + b"'\x00")]
-                elif ending == "terminate":
-                    frames.append(h.message(b"X"))
-                try:
-                    raw.send(b"".join(frames))
-                except OSError:
-                    pass
-                if ending == "answered":
-                    got = read_until_marker_or_closed(raw, what)
-                elif ending == "terminate":
-                    got = bytes(raw.buf) + h.read_until_closed(raw.sock, 30, what=what)
-                else:
-                    got = b""
-                fz.assert_well_formed(got, what)
-                assert not PROXY_NAME.search(got), ("a proxy statement name reached the client",
-                                                    what())
-            assert p.alive(), what()
-            checker = r.choice(["alice", "bob"])
-            state = session_state(p, checker)
-            assert state == baseline[checker], (
-                [(n, b, s) for n, (b, s) in enumerate(zip(baseline[checker], state)) if b != s],
-                what())
+def fuzz_borrowers(p, r: random.Random, sql: list[str], baseline: dict, neighbour: Neighbour):
+    for i in range(ITERS):
+        user = r.choice(["alice", "sam"])
+        frames = fz.state_messages(r, sql)
+        ending = r.choice(["answered", "terminate", "close"])
+
+        def what():
+            return (f"seed {SEED} iteration {i} ({user}, {ending}): {frames!r}\n"
+                    f"--- proxy stderr ---\n{p.stderr()}")
+
+        with h.RawConn(p.host, p.port) as raw:
+            raw.startup(user, ps.password_of(user), ts.APP_DB)
+            if ending == "answered":
+                frames += [h.message(b"S"), h.message(b"Q", b"ROLLBACK\x00"),
+                           h.message(b"Q", b"SELECT '" + MARKER + b"'\x00")]
+            elif ending == "terminate":
+                frames.append(h.message(b"X"))
+            try:
+                raw.send(b"".join(frames))
+            except OSError:
+                pass
+            if ending == "answered":
+                got = read_until_marker_or_closed(raw, what)
+            elif ending == "terminate":
+                got = bytes(raw.buf) + h.read_until_closed(raw.sock, 30, what=what)
+            else:
+                got = b""
+            fz.assert_well_formed(got, what)
+            assert not PROXY_NAME.search(got), ("a proxy statement name reached the client",
+                                                what())
+        assert p.alive(), what()
+        checker = r.choice(["alice", "bob"])
+        state = session_state(p, checker)
+        assert state == baseline[checker], (
+            [(n, b, s) for n, (b, s) in enumerate(zip(baseline[checker], state)) if b != s],
+            what())
+        assert not neighbour.failures, (neighbour.failures, what())

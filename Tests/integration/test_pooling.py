@@ -913,6 +913,29 @@ def test_statements_left_by_earlier_borrowers_are_not_reachable(make_pool_tproxy
 
 
 @pytest.mark.timeout_s(120)
+def test_a_discard_that_did_not_run_leaves_others_statements_usable(make_pool_tproxy):
+    """A DISCARD ALL (by Parse, or in a Query) inside a transaction block fails on the server, so
+    the connection keeps every statement; the proxy had taken them all as gone, prepared bob's
+    again for his next Bind and that failed: 42P05, under his name or the proxy's. The proxy
+    now makes the connection agree (its own DEALLOCATE ALL before the next borrower)."""
+    p = make_pool_tproxy(mode="transaction", size=1)
+    with ps.ExtConn(p.host, p.port) as bob, ps.ExtConn(p.host, p.port) as alice:
+        bob.startup("bob", ps.password_of("bob"), ts.APP_DB)
+        alice.startup("alice", ps.password_of("alice"), ts.APP_DB)
+        assert bob.batch(bob.parse("mine", "SELECT 'bob'"))["errors"] == []
+        assert bob.run_prepared("mine", [])["rows"] == [["bob"]]
+        for discard in (alice.parse("", "DISCARD ALL") + alice.bind("", []) + alice.execute()
+                        + alice.sync(), h.message(b"Q", b"DISCARD ALL\x00")):
+            assert alice.query("BEGIN") == []
+            alice.send(discard)
+            r = alice.read_batch()
+            assert [e.get("C") for e in r["errors"]] == ["25001"], r
+            assert alice.query("ROLLBACK") == []
+            r = bob.run_prepared("mine", [])
+            assert r["rows"] == [["bob"]] and r["errors"] == [], r
+
+
+@pytest.mark.timeout_s(120)
 def test_unnamed_statement_prepared_on_its_own(make_pool_tproxy):
     """PQprepare with an empty name, then PQexecPrepared (Parse+Sync, later Bind+Execute+Sync)
     between transactions: the proxy answers the Parse and prepares the statement on the

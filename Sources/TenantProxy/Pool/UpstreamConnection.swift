@@ -64,6 +64,11 @@ final class UpstreamConnection {
     /// Protocol-level prepared statements present on this connection (their process-wide
     /// numbers, see PreparedStatements).
     var preparedStatements: Set<UInt64> = []
+    /// A borrower's DISCARD ALL / DEALLOCATE ALL may or may not have run (inside a transaction
+    /// block, after an earlier error of its batch): `preparedStatements` was emptied, and the
+    /// next prelude makes the server agree with a DEALLOCATE ALL of the proxy's. Else the proxy
+    /// would prepare a statement again where it still is, and its Bind would fail (42P05).
+    var preparedStatementsUncertain = false
     var lastReleased: NIODeadline = .now()
     let openedAt = Date()
     /// Where cancel requests for this connection go (the server's address).

@@ -914,7 +914,8 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         // The connection carries exactly these settings (this client's, or another's with the
         // same): nothing to compare.
-        if connection.appliedSettings === desiredSettings, connection.preparedStatements.count <= 500 {
+        if connection.appliedSettings === desiredSettings, connection.preparedStatements.count <= 500,
+           !connection.preparedStatementsUncertain {
             return queries
         }
         let desired = desiredSettings.values
@@ -933,9 +934,10 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         if !sets.isEmpty { queries.append(sets.joined(separator: "; ")) }
         connection.appliedSettings = desiredSettings
-        if connection.preparedStatements.count > 500 {
+        if connection.preparedStatements.count > 500 || connection.preparedStatementsUncertain {
             queries.append("DEALLOCATE ALL")
             connection.preparedStatements.removeAll()
+            connection.preparedStatementsUncertain = false
         }
         return queries
     }
@@ -1249,7 +1251,7 @@ final class ClientSession: UpstreamConnectionOwner {
             }
             if transactionVerdict.discardsPreparedStatements {
                 prepared?.removeAll()
-                connection?.preparedStatements.removeAll()
+                connectionStatementsDropped()
             }
             noteSwitch(verdict)
             if verdict.reapplyContextAfter {
@@ -1285,7 +1287,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 }
                 if transactionVerdict.discardsPreparedStatements {
                     prepared?.removeAll()
-                    connection?.preparedStatements.removeAll()
+                    connectionStatementsDropped()
                     effects.insert(.dropsStatements)
                 }
             }
@@ -1597,9 +1599,17 @@ final class ClientSession: UpstreamConnectionOwner {
         if effects.contains(.resetsContext) { reapplyAfterSync = true }
         if effects.contains(.dropsStatements) {
             prepared?.removeAll()
-            connection?.preparedStatements.removeAll()
+            connectionStatementsDropped()
             statementEffects = statementEffects.filter { $0.key.isEmpty }
         }
+    }
+
+    /// A client's DISCARD ALL or DEALLOCATE ALL went upstream: its statements are gone for the
+    /// client (as on PostgreSQL, should it run), and the connection's are made so by the next
+    /// prelude (see UpstreamConnection.preparedStatementsUncertain).
+    private func connectionStatementsDropped() {
+        connection?.preparedStatements.removeAll()
+        connection?.preparedStatementsUncertain = true
     }
 
     // MARK: - Guard
