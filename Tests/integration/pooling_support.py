@@ -191,6 +191,18 @@ class ExtConn(h.RawConn):
 # --------------------------------------------------------------------------------------------
 # tenancy cluster (deploy/sql applied) for tenant-aware pooling
 
+@contextlib.contextmanager
+def ext_clients(proxy, *users: str):
+    """One logged-in ExtConn per user name (to the app database), closed at the end."""
+    with contextlib.ExitStack() as stack:
+        conns = []
+        for user in users:
+            conn = stack.enter_context(ExtConn(proxy.host, proxy.port))
+            conn.startup(user, password_of(user), ts.APP_DB)
+            conns.append(conn)
+        yield conns
+
+
 EXTRA_TENANTS = {   # name -> id; added to public.tenants and the map
     "umbrella": "55555555-5555-4555-8555-555555555555",
     "cyberdyne": "66666666-6666-4666-8666-666666666666",

@@ -885,9 +885,7 @@ def test_statements_left_by_earlier_borrowers_are_not_reachable(make_pool_tproxy
     Bind and Describe of them are answered as on a connection of its own (26000, its names), its
     Close of the proxy name closes nothing; forwarded, they ran or closed the first's statements."""
     p = make_pool_tproxy(mode="transaction", size=1)
-    with ps.ExtConn(p.host, p.port) as first, ps.ExtConn(p.host, p.port) as second:
-        first.startup("alice", ps.password_of("alice"), ts.APP_DB)
-        second.startup("alice", ps.password_of("alice"), ts.APP_DB)
+    with ps.ext_clients(p, "alice", "alice") as (first, second):
         assert first.batch(first.parse("mine", "SELECT 'first-named'"))["errors"] == []
         assert first.run_prepared("mine", [])["rows"] == [["first-named"]]
         proxy_name = first.query("SELECT name FROM pg_prepared_statements")[0][0]
@@ -919,9 +917,7 @@ def test_a_discard_that_did_not_run_leaves_others_statements_usable(make_pool_tp
     again for his next Bind and that failed: 42P05, under his name or the proxy's. The proxy
     now makes the connection agree (its own DEALLOCATE ALL before the next borrower)."""
     p = make_pool_tproxy(mode="transaction", size=1)
-    with ps.ExtConn(p.host, p.port) as bob, ps.ExtConn(p.host, p.port) as alice:
-        bob.startup("bob", ps.password_of("bob"), ts.APP_DB)
-        alice.startup("alice", ps.password_of("alice"), ts.APP_DB)
+    with ps.ext_clients(p, "bob", "alice") as (bob, alice):
         assert bob.batch(bob.parse("mine", "SELECT 'bob'"))["errors"] == []
         assert bob.run_prepared("mine", [])["rows"] == [["bob"]]
         for discard in (alice.parse("", "DISCARD ALL") + alice.bind("", []) + alice.execute()
@@ -942,9 +938,7 @@ def test_unnamed_statement_prepared_on_its_own(make_pool_tproxy):
     connection lent for the Bind, whatever another client of the same user left there
     meanwhile. A Query drops it, as on PostgreSQL."""
     p = make_pool_tproxy(mode="transaction", size=1)
-    with ps.ExtConn(p.host, p.port) as c, ps.ExtConn(p.host, p.port) as other:
-        c.startup("alice", ps.password_of("alice"), ts.APP_DB)
-        other.startup("alice", ps.password_of("alice"), ts.APP_DB)
+    with ps.ext_clients(p, "alice", "alice") as (c, other):
         r = c.batch(c.parse("", "SELECT 'mine ' || $1::text"))
         assert r["tags"] == [b"1", b"Z"] and r["errors"] == [], r
         r = other.batch(other.parse("", "SELECT 'other'"), other.bind("", []), other.execute())
