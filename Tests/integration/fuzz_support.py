@@ -258,7 +258,9 @@ def state_sql(acme: str, globex: str, initech: str) -> list[str]:
         sql += [f"SET nile.tenant_id = '{tid}'", f"SET LOCAL nile.tenant_id = '{tid}'",
                 f"SELECT set_config('nile.tenant_id', '{tid}', false)",
                 f"BEGIN; SET LOCAL nile.tenant_id = '{tid}'; SELECT count(*) FROM todos",
-                f'SET "nile".tenant_id = \'{tid}\'', f"SET SESSION NILE.TENANT_ID TO '{tid}'"]
+                f'SET "nile".tenant_id = \'{tid}\'', f"SET SESSION NILE.TENANT_ID TO '{tid}'",
+                f"BEGIN; SET nile.tenant_id = '{tid}'; ROLLBACK",
+                f"SET nile.tenant_id = '{tid}'; SELECT 1/0"]
     sql += ["RESET nile.tenant_id", "SET nile.user_id = 'cccccccc-0000-4000-8000-000000000002'",
             "RESET nile.user_id"]
     return sql

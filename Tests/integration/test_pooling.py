@@ -287,6 +287,27 @@ def test_thousands_of_clients_many_tenants(pool_tcluster, tmp_path):
 
 
 @pytest.mark.timeout_s(120)
+@pytest.mark.timeout_s(120)
+def test_switch_users_rolled_back_set_is_not_taken_for_the_connections_context(make_pool_tproxy):
+    """sam (switch) sets globex, then sets acme in a transaction that rolls back (ROLLBACK, or
+    an error in the implicit transaction of a multi-statement Query): the server is back on
+    globex. The proxy had recorded acme for the connection, and lent it to alice2 (pinned to
+    acme, no user id: the same context as sam's acme) without a switch: alice2 ran as globex
+    and read globex's rows."""
+    p = make_pool_tproxy(mode="transaction", size=1)
+    with ps.tconnect(p, "sam") as sam:
+        for rolled_back in (["BEGIN", f"SET nile.tenant_id = '{ts.ACME}'", "ROLLBACK"],
+                            [f"SET nile.tenant_id = '{ts.ACME}'; SELECT 1/0"]):
+            sam.execute(f"SET nile.tenant_id = '{ts.GLOBEX}'")
+            for sql in rolled_back:
+                sam.pgconn.exec_(sql.encode())   # simple protocol; an error is a result here
+            with ps.tconnect(p, "alice2") as alice2:
+                tid, tenants = alice2.execute(
+                    "SELECT current_setting('nile.tenant_id'), "
+                    "(SELECT array_agg(DISTINCT tenant_id::text) FROM todos)").fetchone()
+            assert (tid, tenants) == (ts.ACME, [ts.ACME]), (rolled_back, tid, tenants)
+
+
 def test_switch_user_context_survives_lending(make_pool_tproxy):
     """A switch user's own SET nile.tenant_id is the context restored on every lent connection,
     while pinned clients of another tenant use the same (single) upstream connection."""

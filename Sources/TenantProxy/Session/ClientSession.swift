@@ -1647,7 +1647,12 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     /// A switch user's accepted session-level SET of the tenant becomes its context, so the proxy
-    /// restores it on every connection it borrows later.
+    /// restores it on every connection it borrows later. What the connection carries is not
+    /// known until its transaction ends, and then not seen: a rollback (ROLLBACK, an error, an
+    /// implicit transaction of several statements failing) puts the previous context back. Taken
+    /// as the new one, the connection went to the next borrower of that context (a pinned
+    /// client of the tenant) with the previous one: another tenant's. So it is marked unknown,
+    /// and its next lend sets the borrower's context whatever it carries.
     private func noteSwitch(_ verdict: GuardVerdict) {
         guard isSwitchUser else { return }
         for change in verdict.tenantSettingChanges where change.name == runtime.injector.tenantSetting && !change.isLocal {
@@ -1656,7 +1661,7 @@ final class ClientSession: UpstreamConnectionOwner {
             } else {
                 binding?.tenant = nil
             }
-            connection?.context = wantedContext ?? ""
+            connection?.context = UpstreamConnection.unknownContext
         }
     }
 
@@ -1951,10 +1956,12 @@ final class ClientSession: UpstreamConnectionOwner {
     }
 
     /// After RESET ALL / DISCARD ALL ran: the context (and in transaction mode the settings) again,
-    /// before the client's next message. In a failed transaction the reset is rolled back with it.
+    /// before the client's next message. In a failed transaction the reset is rolled back with it,
+    /// to what the connection carried when the transaction began: not necessarily this client's
+    /// context (a switch user's SET in the same transaction), so the next lend sets it anew.
     private func reapplyContext() {
         guard transactionStatus != .failed, let connection else {
-            connection?.context = wantedContext ?? ""
+            connection?.context = UpstreamConnection.unknownContext
             resumeClient()
             return
         }
