@@ -229,7 +229,7 @@ def state_sql(acme: str, globex: str, initech: str) -> list[str]:
         "LISTEN lchan", 'LISTEN "LChan"', "UNLISTEN *", "NOTIFY lchan", "SELECT pg_notify('lchan', 'x')",
         # SQL prepared statements
         "PREPARE lp1 AS SELECT 1", "EXECUTE lp1", "DEALLOCATE lp1", "DEALLOCATE ALL",
-        "DEALLOCATE PREPARE lp1", "EXPLAIN EXECUTE lp1",
+        "DEALLOCATE PREPARE lp1", "EXPLAIN EXECUTE lp1", "DEALLOCATE ls1", "DEALLOCATE PREPARE ls2",
         # settings, session level and local
         "SET search_path = pg_temp, public", "SET SCHEMA 'pg_catalog'", "SET SESSION search_path TO public",
         "SELECT set_config('search_path', 'pg_catalog', false)", "SELECT set_config('search_path', 'x', true)",

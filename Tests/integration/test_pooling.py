@@ -924,11 +924,20 @@ def test_statements_left_by_earlier_borrowers_are_not_reachable(make_pool_tproxy
             assert r["rows"] == [] and [e.get("M") for e in r["errors"]] == [
                 f'prepared statement "{proxy_name}" does not exist'], r
         assert second.batch(second.close_statement(proxy_name))["errors"] == []
+        # nor can a DEALLOCATE by Parse (a Query's is answered by the proxy) drop it
+        r = second.batch(second.parse("", f'DEALLOCATE "{proxy_name}"'), second.bind("", []),
+                         second.execute())
+        assert [e.get("M") for e in r["errors"]] == [f'prepared statement "{proxy_name}" does not exist'], r
         # its own unnamed statement, in one transaction with its Bind, is its own
         r = second.batch(second.parse("", "SELECT 'second-unnamed'"), second.bind("", []), second.execute())
         assert r["rows"] == [["second-unnamed"]], r
 
         assert first.run_prepared("mine", [])["rows"] == [["first-named"]]
+        # its own statement, deallocated by Parse (as psycopg's pipeline mode evicts): gone
+        r = first.batch(first.parse("", "DEALLOCATE mine"), first.bind("", []), first.execute())
+        assert r["errors"] == [] and r["commands"] == ["DEALLOCATE"], r
+        r = first.run_prepared("mine", [])
+        assert [e.get("M") for e in r["errors"]] == ['prepared statement "mine" does not exist'], r
 
 
 @pytest.mark.timeout_s(120)

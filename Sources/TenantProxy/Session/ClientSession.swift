@@ -1290,6 +1290,9 @@ final class ClientSession: UpstreamConnectionOwner {
                     connectionStatementsDropped()
                     effects.insert(.dropsStatements)
                 }
+                if case .named(let name)? = transactionVerdict.deallocate {
+                    return deallocateByParse(frame, name: name, nothingPending: nothingPending)
+                }
             }
             noteSwitch(verdict)
             if verdict.reapplyContextAfter {
@@ -1558,6 +1561,28 @@ final class ClientSession: UpstreamConnectionOwner {
         var buffer = client.allocator.buffer(capacity: 32)
         FrontendMessage.describe(Describe(kind: .statement, name: statement.proxyName)).encode(into: &buffer)
         return .replace((parse.map { [$0] } ?? []) + [buffer])
+    }
+
+    /// A Parse of `DEALLOCATE name` (psycopg's pipeline mode sends its cache evictions so): the
+    /// client's statement is upstream under its proxy name, so the SQL names that; a name the
+    /// client has not prepared is its error (forwarded, it could have dropped another client's
+    /// statement, named by its proxy name). The connection keeps the number in its set whether
+    /// the DEALLOCATE runs or not: nothing binds that number again.
+    private func deallocateByParse(_ frame: PGFrame, name: String, nothingPending: Bool) -> FrameDecision {
+        guard let statement = prepared?[name] else {
+            refuseBatch(noSuchStatement(named: name), now: nothingPending)
+            return .drop
+        }
+        var payload = frame.payload
+        guard var parse = try? Parse.decode(payload: &payload) else { return renameParse(frame) }
+        prepared?.remove(name)
+        parse.query = "DEALLOCATE " + ContextInjector.identifier(statement.proxyName)
+        var encoded = client.allocator.buffer(capacity: parse.query.utf8.count + parse.name.utf8.count + 16)
+        FrontendMessage.parse(parse).encode(into: &encoded)
+        let decision = renameParse(PGFrame(type: frame.type, payload: encoded.getSlice(at: encoded.readerIndex + 5, length: encoded.readableBytes - 5)!))
+        // An unnamed Parse is forwarded as it came: the rewritten bytes go instead.
+        if case .forward = decision { return .replace([encoded]) }
+        return decision
     }
 
     /// The client's unnamed statement, answered by the proxy when parsed, prepared on this lent
