@@ -1256,9 +1256,7 @@ final class ClientSession: UpstreamConnectionOwner {
             noteSwitch(verdict)
             if verdict.reapplyContextAfter {
                 verdict.reapplyContextAfter = false
-                connection?.context = "(reset)"
-                connection?.applied.removeAll()
-                connection?.appliedSettings = nil
+                connectionContextReset()
                 replies.sent(.init(kind: .query, note: .reapply))
                 return .pauseAfter
             }
@@ -1268,22 +1266,20 @@ final class ClientSession: UpstreamConnectionOwner {
         case FrontendMessageID.parse.rawValue:
             guard tenantStillActive() else { return .closed }
             if discardingToSync { return .drop }
-            let nothingPending = !extendedOpen && replies.isEmpty && injection == nil
+            let wasOpen = extendedOpen
             extendedOpen = true
             let guarded = withSQL(frame.payload, skippingName: true, GuardPrefilter.mayMatter)
             let verdict = guarded ? inspect(frame.payload, skippingName: true) : .allow
             if let refusal = verdict.refusal {
                 countRefusal("context")
-                refuseBatch(ProxyError.guardRefusal(refusal).errorResponse, now: nothingPending)
-                return .drop
+                return refuseBatch(ProxyError.guardRefusal(refusal).errorResponse, wasOpen: wasOpen)
             }
             var effects: StatementEffects = []
             if guarded, transactionPooling {
                 let transactionVerdict = inspectForTransactionMode(frame.payload, skippingName: true)
                 if let refusal = transactionVerdict.refusal {
                     countRefusal("session_state")
-                    refuseBatch(ProxyError.sessionStateRefused(refusal).errorResponse, now: nothingPending)
-                    return .drop
+                    return refuseBatch(ProxyError.sessionStateRefused(refusal).errorResponse, wasOpen: wasOpen)
                 }
                 if transactionVerdict.discardsPreparedStatements {
                     prepared?.removeAll()
@@ -1291,7 +1287,7 @@ final class ClientSession: UpstreamConnectionOwner {
                     effects.insert(.dropsStatements)
                 }
                 if case .named(let name)? = transactionVerdict.deallocate {
-                    return deallocateByParse(frame, name: name, nothingPending: nothingPending)
+                    return deallocateByParse(frame, name: name, wasOpen: wasOpen)
                 }
             }
             noteSwitch(verdict)
@@ -1310,12 +1306,9 @@ final class ClientSession: UpstreamConnectionOwner {
             if discardingToSync { return .drop }
             let wasOpen = extendedOpen
             extendedOpen = true
-            // Queues the Parse it may add, ahead of the Bind; nil: no such statement (then
-            // nothing was queued).
-            guard let decision = renameBind(frame) else {
-                refuseBatch(noSuchStatement(bindPayload: frame.payload), now: !wasOpen && replies.isEmpty && injection == nil)
-                return .drop
-            }
+            // Queues the Parse it may add, ahead of the Bind (or refuses the batch).
+            let decision = renameBind(frame, wasOpen: wasOpen)
+            if case .drop = decision { return decision }
             replies.sent(.init(kind: .bind))
             if !statementEffects.isEmpty { bound(frame.payload) }
             return decision
@@ -1324,14 +1317,7 @@ final class ClientSession: UpstreamConnectionOwner {
             if discardingToSync { return .drop }
             let wasOpen = extendedOpen
             extendedOpen = true
-            guard let decision = renameStatementTarget(frame) else {
-                var payload = frame.payload
-                payload.moveReaderIndex(forwardBy: 1)
-                refuseBatch(noSuchStatement(named: payload.readNullTerminatedString() ?? ""),
-                            now: !wasOpen && replies.isEmpty && injection == nil)
-                return .drop
-            }
-            return decision
+            return renameStatementTarget(frame, wasOpen: wasOpen)
 
         case FrontendMessageID.sync.rawValue:
             extendedOpen = false
@@ -1340,9 +1326,7 @@ final class ClientSession: UpstreamConnectionOwner {
             let reapply = reapplyAfterSync
             if reapply {
                 reapplyAfterSync = false
-                connection?.context = "(reset)"
-                connection?.applied.removeAll()
-                connection?.appliedSettings = nil
+                connectionContextReset()
             }
             if let error = refusedBatch {
                 refusedBatch = nil
@@ -1400,6 +1384,21 @@ final class ClientSession: UpstreamConnectionOwner {
         refusedBatch = error
         refusedBatchSent = now
         if now { writeToClient([.errorResponse(error)], flush: true) }
+    }
+
+    /// Refuses the batch at a message that found it open or not (`wasOpen`): its error goes at
+    /// once when nothing of it is pending upstream, else at its Sync. The message is dropped.
+    private func refuseBatch(_ error: ErrorResponse, wasOpen: Bool) -> FrameDecision {
+        refuseBatch(error, now: !wasOpen && replies.isEmpty && injection == nil)
+        return .drop
+    }
+
+    /// RESET ALL / DISCARD ALL is to run on the connection: it will carry no context and none
+    /// of the settings the proxy placed, until the context is re-applied.
+    private func connectionContextReset() {
+        connection?.context = "(reset)"
+        connection?.applied.removeAll()
+        connection?.appliedSettings = nil
     }
 
     // MARK: - Prepared statements across borrowed connections
@@ -1489,14 +1488,17 @@ final class ClientSession: UpstreamConnectionOwner {
         return statement.parse
     }
 
-    /// nil: in transaction mode, the client has no statement of that name here (see
-    /// `noSuchStatement`).
-    private func renameBind(_ frame: PGFrame) -> FrameDecision? {
+    /// In transaction mode, a Bind of a statement the client has not prepared here refuses the
+    /// batch (see `noSuchStatement`) and is dropped.
+    private func renameBind(_ frame: PGFrame, wasOpen: Bool) -> FrameDecision {
         let payload = frame.payload
         guard transactionPooling, prepared != nil, let connection,
               let parts = PreparedStatements.bindParts(payload)
         else { return .forward }
-        guard parts.nameLength > 0 else { return unnamedLend == lends ? .forward : unnamedParseAhead() }
+        guard parts.nameLength > 0 else {
+            if unnamedLend == lends { return .forward }
+            return unnamedParseAhead() ?? refuseBatch(noSuchStatement(named: ""), wasOpen: wasOpen)
+        }
         // The name and the portal are read in place: no String is made for a Bind of a statement
         // named recently (see PreparedStatements.statement(named:)).
         let found: PreparedStatements.Statement? = payload.withUnsafeReadableBytes { raw in
@@ -1506,14 +1508,16 @@ final class ClientSession: UpstreamConnectionOwner {
                                                       statement: statement.nameBytes, restLength: raw.count - parts.restStart)
             return statement
         }
-        guard let statement = found else { return nil }
+        guard let statement = found else {
+            return refuseBatch(noSuchStatement(named: Self.statementName(ofBind: payload)), wasOpen: wasOpen)
+        }
         // The payload follows the frame's type byte and length.
         return .rebind(parse: parseIfMissing(statement, on: connection), header: connection.scratch, restAt: 5 + parts.restStart)
     }
 
-    /// nil: a Describe, in transaction mode, of a statement the client does not have here (see
-    /// `noSuchStatement`).
-    private func renameStatementTarget(_ frame: PGFrame) -> FrameDecision? {
+    /// In transaction mode, a Describe of a statement the client does not have here refuses the
+    /// batch (see `noSuchStatement`) and is dropped.
+    private func renameStatementTarget(_ frame: PGFrame, wasOpen: Bool) -> FrameDecision {
         let isClose = frame.type == FrontendMessageID.close.rawValue
         var payload = frame.payload
         guard transactionPooling, let kind = payload.readInteger(as: UInt8.self), kind == PGTargetKind.statement.rawValue,
@@ -1529,12 +1533,13 @@ final class ClientSession: UpstreamConnectionOwner {
                 replies.sent(.init(kind: isClose ? .close : .describe))
                 return .forward
             }
-            if name.isEmpty, !isClose {
-                let ahead = unnamedParseAhead()
-                if ahead != nil { replies.sent(.init(kind: .describe)) }
-                return ahead
+            guard isClose else {
+                if name.isEmpty, let ahead = unnamedParseAhead() {
+                    replies.sent(.init(kind: .describe))
+                    return ahead
+                }
+                return refuseBatch(noSuchStatement(named: name), wasOpen: wasOpen)
             }
-            guard isClose else { return nil }
             // Closing a name it does not have is no error (as on PostgreSQL), and must not close
             // what an earlier borrower left under that name: a name no statement ever has.
             replies.sent(.init(kind: .close))
@@ -1568,10 +1573,9 @@ final class ClientSession: UpstreamConnectionOwner {
     /// client has not prepared is its error (forwarded, it could have dropped another client's
     /// statement, named by its proxy name). The connection keeps the number in its set whether
     /// the DEALLOCATE runs or not: nothing binds that number again.
-    private func deallocateByParse(_ frame: PGFrame, name: String, nothingPending: Bool) -> FrameDecision {
+    private func deallocateByParse(_ frame: PGFrame, name: String, wasOpen: Bool) -> FrameDecision {
         guard let statement = prepared?[name] else {
-            refuseBatch(noSuchStatement(named: name), now: nothingPending)
-            return .drop
+            return refuseBatch(noSuchStatement(named: name), wasOpen: wasOpen)
         }
         var payload = frame.payload
         guard var parse = try? Parse.decode(payload: &payload) else { return renameParse(frame) }
@@ -1610,17 +1614,15 @@ final class ClientSession: UpstreamConnectionOwner {
                           + "send its Parse in the same transaction as its Bind, or use a named statement." : nil)
     }
 
-    private func noSuchStatement(bindPayload payload: ByteBuffer) -> ErrorResponse {
-        var payload = payload
-        _ = payload.readNullTerminatedString()
-        return noSuchStatement(named: payload.readNullTerminatedString() ?? "")
+    /// The statement name a Bind payload carries ("" for the unnamed one, or a malformed Bind).
+    private static func statementName(ofBind payload: ByteBuffer) -> String {
+        guard let parts = PreparedStatements.bindParts(payload) else { return "" }
+        return payload.getString(at: payload.readerIndex + parts.nameStart, length: parts.nameLength) ?? ""
     }
 
     /// A Bind of a statement with effects (RESET ALL, DISCARD ALL, DEALLOCATE ALL) runs them again.
     private func bound(_ payload: ByteBuffer) {
-        var payload = payload
-        _ = payload.readNullTerminatedString()
-        guard let effects = statementEffects[payload.readNullTerminatedString() ?? ""] else { return }
+        guard let effects = statementEffects[Self.statementName(ofBind: payload)] else { return }
         if effects.contains(.resetsContext) { reapplyAfterSync = true }
         if effects.contains(.dropsStatements) {
             prepared?.removeAll()
