@@ -10,6 +10,7 @@ import socket
 import struct
 
 import pgharness as h
+from pooling_support import ExtConn
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261129"))
 ITERS = int(os.environ.get("FUZZ_ITERS", "300"))
@@ -275,19 +276,18 @@ def state_messages(r: random.Random, sql: list[str]) -> list[bytes]:
             text = "; ".join(r.choice(sql) for _ in range(r.choice([1, 1, 2, 3])))
             out.append(h.message(b"Q", damaged(r, cstr(text.encode()), rate=0.03)))
             continue
-        name = r.choice([b"", b"ls1", b"ls2"])
+        name = r.choice(["", "ls1", "ls2"])
         if r.random() < 0.1:
             # a statement of an earlier message, or of an earlier borrower
-            lone = r.choice([b"", b"ls1", b"ls2", b"tp_0"])
-            out += [h.message(b"B", b"\x00" + cstr(lone) + u16(0) + u16(0) + u16(0)),
-                    h.message(b"E", b"\x00" + struct.pack("!i", 0)), h.message(b"S")]
+            lone = r.choice(["", "ls1", "ls2", "tp_0"])
+            out += [ExtConn.bind(lone, []), ExtConn.execute(), ExtConn.sync()]
             continue
-        out.append(h.message(b"P", cstr(name) + cstr(r.choice(sql).encode()) + u16(0)))
+        out.append(ExtConn.parse(name, r.choice(sql)))
         if r.random() < 0.9:
-            out.append(h.message(b"B", b"\x00" + cstr(name) + u16(0) + u16(0) + u16(0)))
+            out.append(ExtConn.bind(name, []))
             if r.random() < 0.3:
                 out.append(h.message(b"D", b"P\x00"))
-            out.append(h.message(b"E", b"\x00" + struct.pack("!i", 0)))
+            out.append(ExtConn.execute())
         if r.random() < 0.8:
-            out.append(h.message(b"S"))
+            out.append(ExtConn.sync())
     return out

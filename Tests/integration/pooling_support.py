@@ -123,12 +123,15 @@ def error_message(exc: BaseException) -> str:
 
 
 class ExtConn(h.RawConn):
-    """RawConn plus the extended protocol, one batch (ending in Sync) at a time."""
+    """RawConn plus the extended protocol, one batch (ending in Sync) at a time. The message
+    builders are static: `ExtConn.bind(...)` builds a Bind without a connection."""
 
-    def parse(self, name: str, sql: str) -> bytes:
+    @staticmethod
+    def parse(name: str, sql: str) -> bytes:
         return h.message(b"P", name.encode() + b"\x00" + sql.encode() + b"\x00" + struct.pack("!H", 0))
 
-    def bind(self, stmt: str, params: list[str | None], portal: str = "") -> bytes:
+    @staticmethod
+    def bind(stmt: str, params: list[str | None], portal: str = "") -> bytes:
         body = portal.encode() + b"\x00" + stmt.encode() + b"\x00" + struct.pack("!H", 0)
         body += struct.pack("!H", len(params))
         for p in params:
@@ -140,16 +143,20 @@ class ExtConn(h.RawConn):
         body += struct.pack("!H", 0)
         return h.message(b"B", body)
 
-    def execute(self, portal: str = "") -> bytes:
+    @staticmethod
+    def execute(portal: str = "") -> bytes:
         return h.message(b"E", portal.encode() + b"\x00" + struct.pack("!I", 0))
 
-    def describe_statement(self, name: str) -> bytes:
+    @staticmethod
+    def describe_statement(name: str) -> bytes:
         return h.message(b"D", b"S" + name.encode() + b"\x00")
 
-    def close_statement(self, name: str) -> bytes:
+    @staticmethod
+    def close_statement(name: str) -> bytes:
         return h.message(b"C", b"S" + name.encode() + b"\x00")
 
-    def sync(self) -> bytes:
+    @staticmethod
+    def sync() -> bytes:
         return h.message(b"S")
 
     def batch(self, *msgs: bytes) -> dict:
