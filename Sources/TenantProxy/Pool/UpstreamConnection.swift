@@ -59,9 +59,13 @@ final class UpstreamConnection {
     }
     /// What `context` holds when the server's context may differ from any record: a switch
     /// user's SET of the tenant, which its transaction may roll back. Matches no session's
-    /// context, so the next lend resets it all (search_path included: see
-    /// ContextInjector.setsSearchPath) and sets the borrower's.
-    static let unknownContext = "(unknown) SET search_path"
+    /// context, so the next lend resets it all (search_path included) and sets the borrower's.
+    static let unknownContext = "(unknown)"
+
+    /// The next lend's reset of the context must include search_path.
+    var contextMaySetSearchPath: Bool {
+        context == Self.unknownContext || ContextInjector.setsSearchPath(context)
+    }
     private(set) var contextKey = ContextKey("")
     /// Settings the proxy (or a borrower, for tracked parameters) placed on the connection,
     /// lower-case names: diffed against the next borrower's wishes.

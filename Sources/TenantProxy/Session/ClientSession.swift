@@ -907,7 +907,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 // client's statements, already sent behind, would run in the previous tenant's
                 // context. Apart, a failing SET leaves none.
                 runtime.metrics.contextSwitch()
-                queries.append(runtime.injector.resetStatements(searchPath: ContextInjector.setsSearchPath(connection.context)))
+                queries.append(runtime.injector.resetStatements(searchPath: connection.contextMaySetSearchPath))
             }
             if !wanted.isEmpty { queries.append(wanted) }
             connection.context = wanted
