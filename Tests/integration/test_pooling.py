@@ -716,6 +716,43 @@ def test_prepared_statements_asyncpg(make_proxy, db):
     assert not errors, f"{errors[0]!r}" + proxy_info(p)
 
 
+@pytest.mark.timeout_s(180)
+def test_asyncpg_without_its_statement_cache(make_proxy, db):
+    """statement_cache_size=0, what drivers' docs advise behind a transaction pooler: unnamed
+    statements, each Parse+Describe+Flush answered before its Bind+Execute+Sync, five clients
+    on one upstream connection."""
+    p = make_proxy(extra=ps.pool_extra(size=1))
+    prime(lambda: ps.psycopg_connect(p, db))
+
+    async def client(i: int):
+        conn = await asyncpg.connect(host=p.host, port=p.port, user="alice", password="alicepw",
+                                     database=db, ssl=False, statement_cache_size=0)
+        try:
+            for n in range(30):
+                assert await conn.fetchval("SELECT $1::int * 2", i * 100 + n) == 2 * (i * 100 + n)
+                rows = await conn.fetch("SELECT g, $1::text FROM generate_series(1, 3) g", f"c{i}")
+                assert [tuple(r) for r in rows] == [(g, f"c{i}") for g in (1, 2, 3)]
+                if n % 3 == 0:
+                    async with conn.transaction():
+                        assert await conn.fetchval("SELECT $1::int + 1", n) == n + 1
+                        total = 0
+                        async for r in conn.cursor("SELECT g FROM generate_series(1, $1::int) g",
+                                                   50, prefetch=7):
+                            total += r[0]
+                        assert total == 50 * 51 // 2
+                stmt = await conn.prepare("SELECT $1::int - 1")
+                assert await stmt.fetchval(n) == n - 1
+                await asyncio.sleep(0)
+        finally:
+            await conn.close()
+
+    async def main():
+        return await asyncio.gather(*(client(i) for i in range(5)), return_exceptions=True)
+
+    errors = [r for r in asyncio.run(main()) if isinstance(r, BaseException)]
+    assert not errors, f"{errors[0]!r}" + proxy_info(p)
+
+
 @pytest.mark.timeout_s(120)
 def test_parse_close_deallocate_raw(make_proxy, db):
     p = make_proxy(extra=ps.pool_extra(size=2))
