@@ -1020,6 +1020,35 @@ def test_unnamed_statement_prepared_on_its_own(make_pool_tproxy):
         assert [e.get("M") for e in r["errors"]] == ["unnamed prepared statement does not exist"], r
 
 
+def test_unnamed_statement_described_then_bound(make_pool_tproxy):
+    """pgx's QueryExecModeDescribeExec: Parse+Describe+Sync of the unnamed statement between
+    transactions, then Bind+Execute+Sync in a second round trip, on whichever connection the
+    pool lends then (another client's unnamed statement may be there). A Parse the server
+    refused leaves no statement; a Query drops it, as on PostgreSQL."""
+    p = make_pool_tproxy(mode="transaction", size=1)
+    with ps.ext_clients(p, "alice", "alice") as (c, other):
+        for n in range(3):
+            r = c.batch(c.parse("", "SELECT 'mine ' || $1::text AS v"), c.describe_statement(""))
+            assert r["tags"] == [b"1", b"t", b"T", b"Z"] and r["errors"] == [], r
+            r = other.batch(other.parse("", "SELECT 'other'"), other.bind("", []), other.execute())
+            assert r["rows"] == [["other"]], r
+            assert c.run_prepared("", [str(n)])["rows"] == [[f"mine {n}"]]
+            assert c.run_prepared("", [str(n + 10)])["rows"] == [[f"mine {n + 10}"]]
+            r = c.batch(c.describe_statement(""))
+            assert r["errors"] == [] and r["tags"] == [b"t", b"T", b"Z"], r
+        # a Parse the server refuses: no unnamed statement afterwards (not the bad SQL again)
+        r = c.batch(c.parse("", "SELEC 1"), c.describe_statement(""))
+        assert [e.get("C") for e in r["errors"]] == ["42601"], r
+        r = c.run_prepared("", [])
+        assert [e.get("M") for e in r["errors"]] == ["unnamed prepared statement does not exist"], r
+        # a Query drops it
+        r = c.batch(c.parse("", "SELECT 7"), c.describe_statement(""))
+        assert r["errors"] == [], r
+        assert c.query("SELECT 1") == [["1"]]
+        r = c.run_prepared("", [])
+        assert [e.get("M") for e in r["errors"]] == ["unnamed prepared statement does not exist"], r
+
+
 def test_psycopg_deallocate_all(make_proxy, db):
     p = make_proxy(extra=ps.pool_extra(size=2))
     with ps.psycopg_connect(p, db, prepare_threshold=0) as conn:

@@ -176,9 +176,11 @@ final class ClientSession: UpstreamConnectionOwner {
     /// later is not the client's but whatever an earlier borrower left there.
     private var lends: UInt64 = 0
     private var unnamedLend: UInt64 = 0
-    /// The client's unnamed statement when the proxy answered its Parse itself (a Parse+Sync
-    /// between transactions, as `PQprepare` with an empty name sends): the Parse, sent ahead of
-    /// its Bind or Describe on a later lend. nil once a Parse or Query replaces it.
+    /// The client's unnamed statement when it was parsed between transactions on its own (a
+    /// Parse+Sync, as `PQprepare` with an empty name sends, answered by the proxy) or with its
+    /// Describe (Parse+Describe+Sync, pgx's describe-exec mode, sent upstream for the
+    /// description): the Parse, sent ahead of its Bind or Describe on a later lend. nil once a
+    /// different Parse or a Query replaces it, or the server refused it.
     private var unnamedParse: ByteBuffer?
     /// Extended-protocol messages were sent since the last Sync: the connection is not free.
     private var extendedOpen = false
@@ -1440,8 +1442,12 @@ final class ClientSession: UpstreamConnectionOwner {
             guard frame.type == FrontendMessageID.parse.rawValue else { return false }
             if !PreparedStatements.isNamed(parse: frame.payload) {
                 // An unnamed one only right before the Sync, seen without decoding the Parse.
-                guard unnamed == nil, probe.getInteger(at: probe.readerIndex, as: UInt8.self) == FrontendMessageID.sync.rawValue
-                else { return false }
+                let next = probe.getInteger(at: probe.readerIndex, as: UInt8.self)
+                if next == FrontendMessageID.describe.rawValue, parses.isEmpty, unnamed == nil {
+                    keepDescribedUnnamedParse(frame, rest: probe, decoder: decoder)
+                    return false
+                }
+                guard unnamed == nil, next == FrontendMessageID.sync.rawValue else { return false }
             }
             var payload = frame.payload
             guard let parse = try? Parse.decode(payload: &payload), parse.name.isEmpty || prepared?[parse.name] == nil,
@@ -1454,12 +1460,38 @@ final class ClientSession: UpstreamConnectionOwner {
         return false
     }
 
+    /// A batch of exactly Parse, Describe of the unnamed statement and Sync between transactions
+    /// goes upstream (the description is the server's), and the client may bind the statement
+    /// on a later lend: its Parse is kept for that (see `unnamedParse`), when the guards would let
+    /// it run again unseen.
+    private func keepDescribedUnnamedParse(_ parse: PGFrame, rest: ByteBuffer, decoder: PGFrontendDecoder) {
+        var rest = rest
+        var decoder = decoder
+        guard case .frame(let describe)? = try? decoder.next(from: &rest),
+              describe.type == FrontendMessageID.describe.rawValue,
+              describe.payload.readableBytes == 2,
+              describe.payload.getInteger(at: describe.payload.readerIndex, as: UInt16.self) == UInt16(PGTargetKind.statement.rawValue) << 8,
+              rest.getInteger(at: rest.readerIndex, as: UInt8.self) == FrontendMessageID.sync.rawValue
+        else { return }
+        let verdict = inspect(parse.payload, skippingName: true)
+        guard verdict.isAllowed, !verdict.reapplyContextAfter,
+              inspectForTransactionMode(parse.payload, skippingName: true) == .allow else { return }
+        var kept = client.allocator.buffer(capacity: parse.payload.readableBytes + 5)
+        kept.writeInteger(parse.type)
+        kept.writeInteger(UInt32(parse.payload.readableBytes + 4))
+        kept.writeImmutableBuffer(parse.payload)
+        unnamedParse = kept
+    }
+
     private func renameParse(_ frame: PGFrame) -> FrameDecision {
         // The unnamed statement lives and dies within the transaction: forwarded as is, without
         // decoding it.
         guard transactionPooling, var prepared, PreparedStatements.isNamed(parse: frame.payload) else {
             unnamedLend = lends
-            if unnamedParse != nil { unnamedParse = nil }
+            // Kept only while the unnamed statement is that one (the same Parse again is).
+            if let kept = unnamedParse, kept.getSlice(at: kept.readerIndex + 5, length: kept.readableBytes - 5) != frame.payload {
+                unnamedParse = nil
+            }
             replies.sent(.init(kind: .parse))
             return .forward
         }
@@ -1948,6 +1980,9 @@ final class ClientSession: UpstreamConnectionOwner {
             case .parse where item.statement != 0:
                 connection?.preparedStatements.remove(item.statement)
                 if !item.added { prepared?.remove(number: item.statement) }
+            case .parse where !item.added:
+                // The client's unnamed statement was refused or skipped: none to send ahead.
+                unnamedParse = nil
             case .close where item.statement != 0:
                 connection?.preparedStatements.insert(item.statement)
             case .query:
