@@ -269,7 +269,8 @@ def state_sql(acme: str, globex: str, initech: str) -> list[str]:
 
 def state_messages(r: random.Random, sql: list[str]) -> list[bytes]:
     """One to six whole (rarely damaged) messages running statements of `sql`: Query with one to
-    three of them, or Parse (named or unnamed), Bind, Describe, Execute, Sync."""
+    three of them, or Parse (named or unnamed), Bind or a Describe of the statement, Execute,
+    Sync."""
     out = []
     for _ in range(r.randrange(1, 7)):
         if r.random() < 0.55:
@@ -288,6 +289,9 @@ def state_messages(r: random.Random, sql: list[str]) -> list[bytes]:
             if r.random() < 0.3:
                 out.append(h.message(b"D", b"P\x00"))
             out.append(ExtConn.execute())
+        elif r.random() < 0.5:
+            # described, to be bound by a later batch (pgx's describe-exec mode)
+            out.append(ExtConn.describe_statement(name))
         if r.random() < 0.8:
             out.append(ExtConn.sync())
     return out
