@@ -1021,7 +1021,8 @@ def test_unnamed_statement_prepared_on_its_own(make_pool_tproxy):
 
 
 def test_unnamed_statement_described_then_bound(make_pool_tproxy):
-    """pgx's QueryExecModeDescribeExec: Parse+Describe+Sync of the unnamed statement between
+    """Go's lib/pq (any query with parameters) and pgx's QueryExecModeDescribeExec:
+    Parse+Describe+Sync of the unnamed statement between
     transactions, then Bind+Execute+Sync in a second round trip, on whichever connection the
     pool lends then (another client's unnamed statement may be there). A Parse the server
     refused leaves no statement; a Query drops it, as on PostgreSQL."""

@@ -178,9 +178,9 @@ final class ClientSession: UpstreamConnectionOwner {
     private var unnamedLend: UInt64 = 0
     /// The client's unnamed statement when it was parsed between transactions on its own (a
     /// Parse+Sync, as `PQprepare` with an empty name sends, answered by the proxy) or with its
-    /// Describe (Parse+Describe+Sync, pgx's describe-exec mode, sent upstream for the
-    /// description): the Parse, sent ahead of its Bind or Describe on a later lend. nil once a
-    /// different Parse or a Query replaces it, or the server refused it.
+    /// Describe (Parse+Describe+Sync, as Go's lib/pq and pgx's describe-exec mode send, sent
+    /// upstream for the description): the Parse, sent ahead of its Bind or Describe on a later
+    /// lend. nil once a different Parse or a Query replaces it, or the server refused it.
     private var unnamedParse: ByteBuffer?
     /// Extended-protocol messages were sent since the last Sync: the connection is not free.
     private var extendedOpen = false
