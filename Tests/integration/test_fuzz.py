@@ -163,6 +163,7 @@ STATE_QUERY = """SELECT coalesce(current_setting('nile.tenant_id', true), ''),
   current_setting('client_encoding'), current_setting('application_name'),
   current_setting('standard_conforming_strings'), current_setting('statement_timeout'),
   current_setting('lock_timeout'), current_setting('work_mem'), current_setting('xmloption'),
+  current_setting('client_min_messages'),
   current_setting('default_transaction_isolation'),
   current_setting('default_transaction_read_only'), current_setting('transaction_read_only')"""
 
@@ -197,8 +198,9 @@ PROXY_NAME = re.compile(rb"tp[0-9]+_[0-9]+")
 
 class Neighbour:
     """A client of another tenant running its own transactions beside the fuzzing ones, on the
-    same pooled connection: a tracked setting of its own (TimeZone) and a named prepared
-    statement (psycopg's), each run checked against the first."""
+    same pooled connection: settings of its own (TimeZone, reported by the server, and
+    statement_timeout, read back by the proxy) and a named prepared statement (psycopg's),
+    each run checked against the first."""
 
     def __init__(self, p, user: str):
         self.p, self.user = p, user
@@ -214,6 +216,7 @@ class Neighbour:
         try:
             with ps.tconnect(self.p, self.user) as conn:
                 conn.execute("SET TimeZone = 'America/New_York'")
+                conn.execute("SET statement_timeout = '123s'")   # read back by the proxy
                 expected = conn.execute(STATE_QUERY, prepare=True).fetchone()
                 while not self.stop.is_set():
                     with self.turn:

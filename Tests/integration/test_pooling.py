@@ -358,8 +358,8 @@ def _no_hold_cursor(pg, db, conn):
     return conn.execute("SELECT count(*) FROM pg_cursors WHERE name = 'pool_c'").fetchone()[0] == 0
 
 
-def _timeout_unchanged(pg, db, conn):
-    return conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
+def _maintenance_work_mem_unchanged(pg, db, conn):
+    return conn.execute("SHOW maintenance_work_mem").fetchone()[0] == "64MB"
 
 
 def _work_mem_unchanged(pg, db, conn):
@@ -388,13 +388,14 @@ REFUSED = {
     "listen": ("LISTEN pool_chan", _no_listen),
     "sql_prepare": ("PREPARE pool_pp AS SELECT 1", _no_prepared_pp),
     "sql_execute": ("EXECUTE pool_pp", _no_prepared_pp),
-    "set_untracked": ("SET statement_timeout = 1234", _timeout_unchanged),
+    # (statement_timeout and the other pool.track_extra_parameters are allowed: read back)
+    "set_untracked": ("SET maintenance_work_mem = '99MB'", _maintenance_work_mem_unchanged),
     "set_session_untracked": ("SET SESSION work_mem = '8MB'", _work_mem_unchanged),
     "set_search_path": ("SET search_path = pg_catalog", _search_path_unchanged),
     "set_schema": ("SET SCHEMA 'pg_catalog'", _search_path_unchanged),
-    "reset_untracked": ("RESET statement_timeout", _timeout_unchanged),
-    "set_config_session": ("SELECT set_config('statement_timeout', '1234', false)",
-                           _timeout_unchanged),
+    "reset_untracked": ("RESET maintenance_work_mem", _maintenance_work_mem_unchanged),
+    "set_config_session": ("SELECT set_config('maintenance_work_mem', '99MB', false)",
+                           _maintenance_work_mem_unchanged),
     "load": ("LOAD 'auto_explain'", None),
 }
 MULTI_ONLY = {"multi_statement": ("SELECT 1; SELECT pg_advisory_lock(4242)", _no_advisory_locks)}
@@ -579,6 +580,73 @@ def test_log_in_reports_each_clients_own_parameters(one_conn_proxy, db):
     assert [s[:2] for s in seen] == [("alpha", "Asia/Tokyo"), ("beta", default_zone)] * 2 + \
         [("alpha", "Asia/Tokyo")]
     assert len({s[2:] for s in seen}) == 1 and seen[0][2] and seen[0][3], seen
+
+
+EXTRA = ("client_min_messages", "statement_timeout", "lock_timeout")
+
+
+def test_settings_the_server_does_not_report_follow_their_client(one_conn_proxy, pg, db):
+    """Rails' connection set-up (`SET client_min_messages TO 'warning'`) and timeouts set at
+    session level: [pool] track_extra_parameters (these by default) lets them through, reads the
+    value back after the transaction, and restores it on every connection lent to that client
+    and to no other, also when it is set through a prepared statement, rolled back, reset, or
+    when the client leaves right after setting it."""
+    p = one_conn_proxy
+    defaults = tuple(_direct_default(pg, db, name) for name in EXTRA)
+    show = "SELECT " + ", ".join(f"current_setting('{n}')" for n in EXTRA)
+    with ps.psycopg_connect(p, db) as a, ps.psycopg_connect(p, db) as b:
+        a.execute("SET client_min_messages TO 'warning'")
+        a.execute("SET SESSION statement_timeout = '7s'")
+        for _ in range(2):
+            assert b.execute(show).fetchone() == defaults, proxy_info(p)
+            assert a.execute(show).fetchone() == ("warning", "7s", defaults[2]), proxy_info(p)
+        # rolled back: not the client's; committed: the client's
+        with a.transaction(force_rollback=True):
+            a.execute("SET lock_timeout = '3s'")
+            assert a.execute("SHOW lock_timeout").fetchone()[0] == "3s"
+        assert a.execute("SHOW lock_timeout").fetchone()[0] == defaults[2]
+        with a.transaction():
+            a.execute("SELECT set_config('lock_timeout', '4s', false)")
+        assert b.execute(show).fetchone() == defaults
+        assert a.execute(show).fetchone() == ("warning", "7s", "4s")
+        # back to the default: nothing of the client's is left to restore
+        a.execute("RESET statement_timeout")
+        a.execute("SET lock_timeout TO DEFAULT")
+        assert b.execute(show).fetchone() == defaults
+        assert a.execute(show).fetchone() == ("warning", defaults[1], defaults[2])
+        # a setting not in the list stays refused
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute("SET work_mem = '1MB'")
+    # a prepared SET runs again at each Bind, on whichever connection is lent
+    with ps.ExtConn(p.host, p.port) as c, ps.psycopg_connect(p, db) as b:
+        c.startup("alice", "alicepw", db)
+        assert c.batch(c.parse("st", "SET statement_timeout = '2s'"))["errors"] == []
+        assert c.run_prepared("st", [])["errors"] == []
+        assert c.query("SHOW statement_timeout") == [["2s"]]
+        assert b.execute("SHOW statement_timeout").fetchone()[0] == defaults[1]
+        assert c.query("RESET statement_timeout") == []
+        assert b.execute("SHOW statement_timeout").fetchone()[0] == defaults[1]
+        assert c.query("SHOW statement_timeout") == [[defaults[1]]]
+        assert c.run_prepared("st", [])["errors"] == []
+        assert b.execute("SHOW statement_timeout").fetchone()[0] == defaults[1]
+        assert c.query("SHOW statement_timeout") == [["2s"]]
+    # a client that leaves right after its SET, answered or not
+    for wait in (True, False):
+        with ps.ExtConn(p.host, p.port) as c:
+            c.startup("alice", "alicepw", db)
+            c.send(h.message(b"Q", b"SET statement_timeout = '9s'; SET client_min_messages = error\x00"))
+            if wait:
+                c.read_batch()
+        with ps.psycopg_connect(p, db) as b:
+            assert b.execute(show).fetchone() == defaults, (wait, proxy_info(p))
+
+
+def test_settings_list_can_be_emptied(make_proxy, db):
+    p = make_proxy(extra={**ps.pool_extra(size=1, track_extra_parameters=[])})
+    with ps.psycopg_connect(p, db) as a:
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as ei:
+            a.execute("SET client_min_messages TO 'warning'")
+        assert "transaction pool mode" in str(ei.value)
 
 
 def test_application_name_startup_parameter_restored(one_conn_proxy, db):

@@ -58,6 +58,7 @@ enum AdminConfigRows {
         add("pool.idle_timeout_seconds", config.pool.idleTimeoutSeconds, reloadable: false)
         add("pool.tenant_max_connections", config.pool.tenantMaxConnections, reloadable: true)
         add("pool.tenant_max_clients", config.pool.tenantMaxClients, reloadable: true)
+        add("pool.track_extra_parameters", config.pool.trackExtraParameters.joined(separator: ","), reloadable: false)
         add("metrics.listen_host", config.metrics.listenHost, reloadable: false)
         add("metrics.listen_port", config.metrics.listenPort, reloadable: false)
         add("metrics.max_tenant_labels", config.metrics.maxTenantLabels, reloadable: false)

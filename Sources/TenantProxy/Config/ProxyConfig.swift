@@ -100,6 +100,22 @@ struct ProxyConfig: Sendable {
         var tenantMaxConnections = 0
         /// Most client connections of one tenant (0 = no limit).
         var tenantMaxClients = 0
+        /// Settings the server does not report that clients may SET at session level in transaction
+        /// mode: the proxy reads the value back after the transaction and restores it on every lend.
+        var trackExtraParameters = Pool.defaultExtraParameters
+
+        /// What ORMs and drivers set when they connect (Rails: client_min_messages), and timeouts.
+        static let defaultExtraParameters = [
+            "client_min_messages", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout",
+            "extra_float_digits", "bytea_output",
+        ]
+        /// Never tracked: the tenant context (search_path in schema isolation), the role, and
+        /// transaction characteristics (SET SESSION CHARACTERISTICS is refused for a reason).
+        static let untrackable: Set<String> = [
+            "search_path", "role", "session_authorization", "transaction_isolation", "transaction_read_only",
+            "transaction_deferrable", "default_transaction_isolation", "default_transaction_read_only",
+            "default_transaction_deferrable", "session_replication_role", "temp_tablespaces",
+        ]
     }
 
     struct Log: Sendable {
@@ -274,6 +290,21 @@ struct ProxyConfig: Sendable {
         config.pool.tenantMaxConnections = reader.int(
             "pool", "tenant_max_connections", default: 0, range: 0...10_000)
         config.pool.tenantMaxClients = reader.int("pool", "tenant_max_clients", default: 0, range: 0...1_000_000)
+        var extra: [String] = []
+        for raw in reader.stringArray("pool", "track_extra_parameters", default: Pool.defaultExtraParameters) {
+            let name = raw.lowercased()
+            let context = [config.tenancy.tenantSetting, config.tenancy.userSetting]
+            if !ContextInjector.isSafeSettingName(name) || name.contains(".") {
+                reader.problem("pool.track_extra_parameters", "\"\(raw)\" is not a setting name",
+                               fix: "list PostgreSQL's own setting names, such as \"statement_timeout\" (no custom dotted ones)")
+            } else if Pool.untrackable.contains(name) || context.contains(name) {
+                reader.problem("pool.track_extra_parameters", "\(name) cannot be tracked: it is part of the tenant context, the role or the transaction characteristics",
+                               fix: "remove \(name) (clients set it with SET LOCAL inside their transactions)")
+            } else if !extra.contains(name), !TransactionModeGuard.trackedParameters.contains(name) {
+                extra.append(name)
+            }
+        }
+        config.pool.trackExtraParameters = extra
 
         config.log.level = reader.string("log", "level", default: "info").lowercased()
         if !logLevels.contains(config.log.level) {

@@ -29,7 +29,8 @@
 //     `DEALLOCATE [PREPARE] name|ALL` (empty statements `;` around it are fine) is allowed and
 //     reported in `deallocate`: the proxy answers it itself;
 //   - session-level SET / RESET (SET, SET SESSION, RESET; not SET LOCAL) of a parameter not in
-//     `trackedParameters`: the name in any spelling (case, "quoted", dotted). SET TIME ZONE is
+//     `trackedParameters` or `readBack` (pool.track_extra_parameters; such a SET is allowed and
+//     reported in `changesReadBackSetting`): the name in any spelling (case, "quoted", dotted). SET TIME ZONE is
 //     timezone and SET NAMES is client_encoding (tracked: allowed); SET SCHEMA is search_path and
 //     SET XML OPTION is xmloption (refused); SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE,
 //     RESET SESSION AUTHORIZATION, SET SESSION CHARACTERISTICS AS TRANSACTION: refused;
@@ -67,11 +68,17 @@ struct TransactionModeVerdict: Equatable, Sendable {
     /// The text holds DISCARD ALL, or is DEALLOCATE ALL: every prepared statement on the
     /// connection is (or is to be) dropped.
     var discardsPreparedStatements: Bool
+    /// The text SETs, RESETs or set_config()s (not locally) a parameter of
+    /// `TransactionModeGuard.readBack`: the server does not report its new value, so the proxy
+    /// reads it back after the transaction.
+    var changesReadBackSetting: Bool
 
-    init(refusal: String? = nil, deallocate: Deallocate? = nil, discardsPreparedStatements: Bool = false) {
+    init(refusal: String? = nil, deallocate: Deallocate? = nil, discardsPreparedStatements: Bool = false,
+         changesReadBackSetting: Bool = false) {
         self.refusal = refusal
         self.deallocate = deallocate
         self.discardsPreparedStatements = discardsPreparedStatements
+        self.changesReadBackSetting = changesReadBackSetting
     }
 
     static let allow = TransactionModeVerdict()
@@ -92,12 +99,18 @@ struct TransactionModeGuard: Sendable {
     /// they differ.
     var standardConformingStrings: Bool?
 
-    /// More settings the proxy restores itself for this session (a switch user's tenant setting).
-    var alsoTracked: Set<String> = []
+    /// Settings the server does not report that clients may SET at session level all the same
+    /// (`pool.track_extra_parameters`): the proxy reads their values back after the transaction
+    /// and restores them on every lend, as it does the reported ones.
+    let readBack: Set<String>
+    /// `trackedParameters`, the read-back ones, and more that the proxy restores itself for this
+    /// session (a switch user's tenant setting).
+    private let tracked: Set<String>
 
-    init(standardConformingStrings: Bool? = nil, alsoTracked: Set<String> = []) {
+    init(standardConformingStrings: Bool? = nil, alsoTracked: Set<String> = [], readBack: Set<String> = []) {
         self.standardConformingStrings = standardConformingStrings
-        self.alsoTracked = alsoTracked
+        self.readBack = readBack
+        self.tracked = TransactionModeGuard.trackedParameters.union(alsoTracked).union(readBack)
     }
 
     func inspect(_ sql: String) -> TransactionModeVerdict {
@@ -113,16 +126,18 @@ struct TransactionModeGuard: Sendable {
     }
 
     func inspect(utf8 bytes: UnsafeBufferPointer<UInt8>) -> TransactionModeVerdict {
-        let tracked = alsoTracked.isEmpty ? TransactionModeGuard.trackedParameters : TransactionModeGuard.trackedParameters.union(alsoTracked)
         switch standardConformingStrings {
         case .some(let on):
-            var scan = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: on), tolerateUnterminated: false, tracked: tracked)
+            var scan = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: on), tolerateUnterminated: false, tracked: tracked,
+                                       readBack: readBack)
             return scan.run().verdict
         case .none:
-            var primary = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: true), tolerateUnterminated: false, tracked: tracked)
+            var primary = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: true), tolerateUnterminated: false, tracked: tracked,
+                                          readBack: readBack)
             let (first, sawBackslash) = primary.run()
             guard first.isAllowed, sawBackslash else { return first }
-            var alternative = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: false), tolerateUnterminated: true, tracked: tracked)
+            var alternative = TransactionScan(lexer: SQLLexer(bytes, standardConformingStrings: false), tolerateUnterminated: true, tracked: tracked,
+                                              readBack: readBack)
             let (second, _) = alternative.run()
             if !second.isAllowed { return second }
             if second != first {
@@ -138,6 +153,9 @@ private struct TransactionScan {
     var lexer: SQLLexer
     let tolerateUnterminated: Bool
     let tracked: Set<String>
+    let readBack: Set<String>
+    /// A statement sets a read-back parameter (see TransactionModeVerdict.changesReadBackSetting).
+    var changesReadBack = false
     /// Non-empty statements seen.
     var statements = 0
     var discards = false
@@ -154,8 +172,9 @@ private struct TransactionScan {
         var isImport = false
     }
 
-    init(lexer: SQLLexer, tolerateUnterminated: Bool, tracked: Set<String>) {
+    init(lexer: SQLLexer, tolerateUnterminated: Bool, tracked: Set<String>, readBack: Set<String>) {
         self.tracked = tracked
+        self.readBack = readBack
         self.lexer = lexer
         self.tolerateUnterminated = tolerateUnterminated
     }
@@ -203,7 +222,9 @@ private struct TransactionScan {
     }
 
     private func verdict() -> TransactionModeVerdict {
-        guard sawDeallocate else { return TransactionModeVerdict(discardsPreparedStatements: discards) }
+        guard sawDeallocate else {
+            return TransactionModeVerdict(discardsPreparedStatements: discards, changesReadBackSetting: changesReadBack)
+        }
         if statements > 1 {
             return .refuse("DEALLOCATE combined with other statements" + TransactionScan.suffix
                            + "; send DEALLOCATE as a statement of its own (the proxy answers it)")
@@ -319,7 +340,7 @@ private struct TransactionScan {
     }
 
     /// After a statement-head SET.
-    private func checkSet(_ after: SQLLexer) -> String? {
+    private mutating func checkSet(_ after: SQLLexer) -> String? {
         var p = after
         guard var t = p.next() else { return nil }
         if p.isKeyword(t, "local") && !nextIsDot(p) { return nil }  // SET LOCAL: lasts until the transaction ends
@@ -351,7 +372,7 @@ private struct TransactionScan {
             }
         }
         guard let name = readName(t, &p) else { return nil }  // not a SET the server accepts
-        if tracked.contains(name) { return nil }
+        if tracked.contains(name) { return allowTracked(name) }
         switch name {
         case "role": return roleRefusal("SET ROLE")
         case "session_authorization": return roleRefusal("SET SESSION AUTHORIZATION")
@@ -359,8 +380,14 @@ private struct TransactionScan {
         }
     }
 
+    /// A session-level change of a tracked parameter: allowed; noted when its value is to be read back.
+    private mutating func allowTracked(_ name: String) -> String? {
+        if readBack.contains(name) { changesReadBack = true }
+        return nil
+    }
+
     /// After a statement-head RESET.
-    private func checkReset(_ after: SQLLexer) -> String? {
+    private mutating func checkReset(_ after: SQLLexer) -> String? {
         var p = after
         guard let t = p.next() else { return nil }
         if !nextIsDot(p) {
@@ -375,7 +402,7 @@ private struct TransactionScan {
             }
         }
         guard let name = readName(t, &p) else { return nil }
-        if tracked.contains(name) { return nil }
+        if tracked.contains(name) { return allowTracked(name) }
         switch name {
         case "role": return roleRefusal("RESET ROLE")
         case "session_authorization": return roleRefusal("RESET SESSION AUTHORIZATION")
@@ -609,7 +636,7 @@ private struct TransactionScan {
     // MARK: set_config
 
     /// After set_config, which is followed by `(`: set_config(name, value, is_local).
-    private func checkSetConfig() -> String? {
+    private mutating func checkSetConfig() -> String? {
         var p = lexer
         _ = p.next()  // (
         var depth = 0
@@ -635,8 +662,8 @@ private struct TransactionScan {
         }
         guard argument == 2 else { return nil }  // not the three-argument set_config: the server rejects it
         if tokenCount[0] == 1, let n = firstToken[0], let name = literalString(n, p),
-           tracked.contains(GuardPolicy.asciiLowercased(name)) {
-            return nil
+           case let lowered = GuardPolicy.asciiLowercased(name), tracked.contains(lowered) {
+            return allowTracked(lowered)
         }
         if tokenCount[2] == 1, let l = firstToken[2] {
             if p.isKeyword(l, "true") { return nil }

@@ -21,6 +21,7 @@ final class ProxyRuntime: @unchecked Sendable {
     /// a switch user's tenant SET is tracked as its context.
     let pinnedStatementGuard: StatementGuard
     let switchStatementGuard: StatementGuard
+    let transactionGuard: TransactionModeGuard
     let switchTransactionGuard: TransactionModeGuard
     /// Per-process secret for the fake SCRAM exchange of unknown users.
     let mockSecret: [UInt8]
@@ -90,7 +91,9 @@ final class ProxyRuntime: @unchecked Sendable {
         let contextSettings: Set<String> = [injector.tenantSetting, injector.userSetting]
         self.pinnedStatementGuard = StatementGuard(policy: GuardPolicy(tenantSettings: contextSettings, mode: .pinned))
         self.switchStatementGuard = StatementGuard(policy: GuardPolicy(tenantSettings: contextSettings, mode: .switchTenant))
-        self.switchTransactionGuard = TransactionModeGuard(alsoTracked: [injector.tenantSetting])
+        let readBack = Set(config.pool.trackExtraParameters)
+        self.transactionGuard = TransactionModeGuard(readBack: readBack)
+        self.switchTransactionGuard = TransactionModeGuard(alsoTracked: [injector.tenantSetting], readBack: readBack)
         self._mapModified = FileStamp(of: config.tenancy.mapFile)
         self._tenantLeaseLimit.store(config.pool.tenantMaxConnections, ordering: .relaxed)
         self.mockSecret = SCRAMServerExchange.makeMockSecret()
@@ -271,6 +274,8 @@ final class ProxyRuntime: @unchecked Sendable {
         keep(\.pool.mode, "pool.mode")
         // Each loop's pool schedules its idle sweep once, at start.
         keep(\.pool.idleTimeoutSeconds, "pool.idle_timeout_seconds")
+        // The transaction-mode guards are made once, at start.
+        keep(\.pool.trackExtraParameters, "pool.track_extra_parameters")
         // The login throttle is made once, at start.
         keep(\.auth.lockoutFailures, "auth.lockout_failures")
         keep(\.auth.lockoutWindowSeconds, "auth.lockout_window_seconds")

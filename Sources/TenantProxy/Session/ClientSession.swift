@@ -49,6 +49,8 @@ final class ClientSession: UpstreamConnectionOwner {
         static let resetsContext = StatementEffects(rawValue: 1)
         /// DISCARD ALL, DEALLOCATE ALL: every prepared statement on the connection is gone.
         static let dropsStatements = StatementEffects(rawValue: 2)
+        /// A SET of a read-back setting (see TransactionModeGuard.readBack).
+        static let changesSettings = StatementEffects(rawValue: 4)
     }
 
     /// Queries of the proxy's own on the upstream connection, whose replies the client never sees.
@@ -64,6 +66,8 @@ final class ClientSession: UpstreamConnectionOwner {
             case none
             /// Is the token's user a member of the tenant (users.tenant_users)?
             case membership(userID: String)
+            /// After a transaction that set a read-back setting: the values it left.
+            case readBack
         }
 
         var purpose: Purpose
@@ -168,6 +172,8 @@ final class ClientSession: UpstreamConnectionOwner {
     private var refusedBatchSent = false
     /// A Parse or Bind of this batch resets the context: re-apply after the batch's Sync.
     private var reapplyAfterSync = false
+    /// A statement of this transaction may have changed a read-back setting.
+    private var settingsToReadBack = false
     /// The client's statements that do more than return a result, by the client's name for
     /// them ("" for the unnamed statement). Nearly always empty: a Bind only looks when not.
     private var statementEffects: [String: StatementEffects] = [:]
@@ -586,14 +592,14 @@ final class ClientSession: UpstreamConnectionOwner {
         switch binding.mode {
         case .pinned:
             statementGuard = runtime.pinnedStatementGuard
-            transactionGuard = TransactionModeGuard()
+            transactionGuard = runtime.transactionGuard
         case .switch:
             statementGuard = runtime.switchStatementGuard
             // A switch user's tenant SET becomes its context, which the proxy restores on every lend.
             transactionGuard = runtime.switchTransactionGuard
         case .global:
             statementGuard = nil
-            transactionGuard = TransactionModeGuard()
+            transactionGuard = runtime.transactionGuard
         }
     }
 
@@ -1025,6 +1031,10 @@ final class ClientSession: UpstreamConnectionOwner {
         if let error = finished.error {
             if case .membership = finished.purpose {
                 logger.info("membership check failed upstream; no user id", metadata: ["sqlstate": "\(error.sqlState ?? "?")"])
+            } else if case .readBack = finished.purpose {
+                // The connection's settings stay unknown: it is closed, not lent again.
+                logger.warning("reading back session settings failed upstream", metadata: ["sqlstate": "\(error.sqlState ?? "?")"])
+                connection?.broken = true
             } else {
                 logger.error("tenant context query failed upstream", metadata: [
                     "sqlstate": "\(error.sqlState ?? "?")", "message": "\(error.message ?? "")",
@@ -1044,6 +1054,8 @@ final class ClientSession: UpstreamConnectionOwner {
             if finished.error != nil { fail(.contextNotApplied) }
         case .none:
             break
+        case .readBack:
+            if finished.error == nil { readBackFinished(finished.rows) }
         case .membership(let userID):
             pendingMembership = nil
             if finished.error == nil, !finished.rows.isEmpty {
@@ -1255,6 +1267,7 @@ final class ClientSession: UpstreamConnectionOwner {
                 prepared?.removeAll()
                 connectionStatementsDropped()
             }
+            if transactionVerdict.changesReadBackSetting { readBackSettingsLater() }
             noteSwitch(verdict)
             if verdict.reapplyContextAfter {
                 verdict.reapplyContextAfter = false
@@ -1287,6 +1300,10 @@ final class ClientSession: UpstreamConnectionOwner {
                     prepared?.removeAll()
                     connectionStatementsDropped()
                     effects.insert(.dropsStatements)
+                }
+                if transactionVerdict.changesReadBackSetting {
+                    readBackSettingsLater()
+                    effects.insert(.changesSettings)
                 }
                 if case .named(let name)? = transactionVerdict.deallocate {
                     return deallocateByParse(frame, name: name, wasOpen: wasOpen)
@@ -1652,10 +1669,12 @@ final class ClientSession: UpstreamConnectionOwner {
         return payload.getString(at: payload.readerIndex + parts.nameStart, length: parts.nameLength) ?? ""
     }
 
-    /// A Bind of a statement with effects (RESET ALL, DISCARD ALL, DEALLOCATE ALL) runs them again.
+    /// A Bind of a statement with effects (RESET ALL, DISCARD ALL, DEALLOCATE ALL, a SET of a
+    /// read-back setting) runs them again.
     private func bound(_ payload: ByteBuffer) {
         guard let effects = statementEffects[Self.statementName(ofBind: payload)] else { return }
         if effects.contains(.resetsContext) { reapplyAfterSync = true }
+        if effects.contains(.changesSettings) { readBackSettingsLater() }
         if effects.contains(.dropsStatements) {
             prepared?.removeAll()
             connectionStatementsDropped()
@@ -1669,6 +1688,43 @@ final class ClientSession: UpstreamConnectionOwner {
     private func connectionStatementsDropped() {
         connection?.preparedStatements.removeAll()
         connection?.preparedStatementsUncertain = true
+    }
+
+    /// A statement may change a read-back setting (`pool.track_extra_parameters`), whose new
+    /// value the server does not report: the proxy asks for the values once the transaction is
+    /// over (`readBackSettings`). Until then the connection's record of them is unknown, so
+    /// should it go back to the pool unread (the client left), its next lend sets or resets
+    /// each of them, whoever borrows it.
+    private func readBackSettingsLater() {
+        settingsToReadBack = true
+        guard let connection else { return }
+        for name in transactionGuard.readBack { connection.applied[name] = UpstreamConnection.unknownContext }
+        connection.appliedSettings = nil
+    }
+
+    /// The read-back settings as the transaction left them, each with the value RESET would give
+    /// it on this connection (the pool's connections start with none of the client's).
+    private func readBackSettings() {
+        let names = transactionGuard.readBack.sorted().map(ContextInjector.literal).joined(separator: ", ")
+        inject(["SELECT name, setting, reset_val FROM pg_catalog.pg_settings WHERE name IN (\(names))"], purpose: .readBack)
+    }
+
+    /// The read-back values are the client's from now on (restored on every lend): a value equal
+    /// to the reset value is no setting of the client's.
+    private func readBackFinished(_ rows: [[String?]]) {
+        guard let connection else { return }
+        var desired = desiredSettings.values
+        for name in transactionGuard.readBack {
+            desired.removeValue(forKey: name)
+            connection.applied.removeValue(forKey: name)
+        }
+        for row in rows where row.count == 3 {
+            guard let name = row[0], let value = row[1], transactionGuard.readBack.contains(name), value != row[2] else { continue }
+            desired[name] = value
+            connection.applied[name] = value
+        }
+        desiredSettings = runtime.settingsInterner.intern(desired)
+        if connection.applied == desired { connection.appliedSettings = desiredSettings }
     }
 
     // MARK: - Guard
@@ -1933,6 +1989,13 @@ final class ClientSession: UpstreamConnectionOwner {
            buffer.readableBytes == 0 {
             // The read-complete event goes to the connection's next owner: flush our part now.
             clientOut.flush()
+            if settingsToReadBack {
+                // One more round trip, after the client has its answer; the connection goes
+                // back when it is answered.
+                settingsToReadBack = false
+                readBackSettings()
+                return
+            }
             giveBack()
             upstreamPending = nil
             if clientPending != nil { resumeClient() }

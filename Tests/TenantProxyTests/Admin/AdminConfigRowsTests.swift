@@ -106,6 +106,7 @@ final class AdminConfigRowsTests: XCTestCase {
         idle_timeout_seconds = 40
         tenant_max_connections = 3
         tenant_max_clients = 50
+        track_extra_parameters = ["work_mem"]
 
         [log]
         level = "debug"

@@ -233,6 +233,21 @@ final class ProxyConfigTests: XCTestCase {
         ])
     }
 
+    func testExtraTrackedParametersAreCheckedAndDeduplicated() throws {
+        XCTAssertEqual(try parse("").pool.trackExtraParameters, ProxyConfig.Pool.defaultExtraParameters)
+        let config = try parse("""
+            [pool]
+            track_extra_parameters = ["Statement_Timeout", "statement_timeout", "TimeZone", "work_mem"]
+            """)
+        // TimeZone is reported by the server (tracked anyway); names are lower-cased once.
+        XCTAssertEqual(config.pool.trackExtraParameters, ["statement_timeout", "work_mem"])
+        XCTAssertEqual(try parse("[pool]\ntrack_extra_parameters = []").pool.trackExtraParameters, [])
+        for refused in ["search_path", "role", "nile.tenant_id", "nile.user_id", "myapp.flag", "default_transaction_read_only", "bad name"] {
+            let found = problems("[pool]\ntrack_extra_parameters = [\"\(refused)\"]")
+            XCTAssertEqual(found.map(\.key), ["pool.track_extra_parameters"], refused)
+        }
+    }
+
     // MARK: - Unknown keys
 
     func testUnknownKeyIsReportedWithItsDottedName() throws {

@@ -358,4 +358,24 @@ final class TransactionModeGuardTests: XCTestCase {
         XCTAssertFalse(switchGuard.inspect("SET search_path = x").isAllowed)
         XCTAssertFalse(TransactionModeGuard().inspect("SET nile.tenant_id = 'x'").isAllowed)
     }
+
+    func testReadBackSettingsAreAllowedAndNoted() {
+        let guardWithExtras = TransactionModeGuard(readBack: ["client_min_messages", "statement_timeout"])
+        for sql in [
+            "SET client_min_messages TO 'warning'", "SET SESSION statement_timeout = 5000",
+            "set \"Statement_Timeout\" to default", "RESET statement_timeout",
+            "SELECT set_config('statement_timeout', '5s', false)", "SELECT 1; SET client_min_messages = notice",
+        ] {
+            let verdict = guardWithExtras.inspect(sql)
+            XCTAssertTrue(verdict.isAllowed, sql)
+            XCTAssertTrue(verdict.changesReadBackSetting, sql)
+        }
+        for sql in ["SET LOCAL statement_timeout = 5000", "SET TimeZone = 'UTC'", "SELECT 'SET statement_timeout = 1'", "SELECT 1"] {
+            let verdict = guardWithExtras.inspect(sql)
+            XCTAssertTrue(verdict.isAllowed, sql)
+            XCTAssertFalse(verdict.changesReadBackSetting, sql)
+        }
+        XCTAssertFalse(guardWithExtras.inspect("SET work_mem = '1MB'").isAllowed)
+        XCTAssertFalse(TransactionModeGuard().inspect("SET client_min_messages TO 'warning'").isAllowed)
+    }
 }
