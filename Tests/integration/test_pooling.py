@@ -595,7 +595,11 @@ def test_settings_the_server_does_not_report_follow_their_client(one_conn_proxy,
     defaults = tuple(_direct_default(pg, db, name) for name in EXTRA)
     show = "SELECT " + ", ".join(f"current_setting('{n}')" for n in EXTRA)
     with ps.psycopg_connect(p, db) as a, ps.psycopg_connect(p, db) as b:
-        a.execute("SET client_min_messages TO 'warning'")
+        # what Rails' PostgreSQL adapter sends when it connects (configure_connection)
+        for sql in ("SET client_min_messages TO 'warning'", "SET standard_conforming_strings = on",
+                    "SET intervalstyle = iso_8601", "SET SESSION timezone TO 'UTC'"):
+            a.execute(sql)
+        assert a.execute("SHOW intervalstyle").fetchone()[0] == "iso_8601"
         a.execute("SET SESSION statement_timeout = '7s'")
         for _ in range(2):
             assert b.execute(show).fetchone() == defaults, proxy_info(p)
