@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import re
 import threading
+from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -1120,6 +1122,43 @@ def test_unnamed_statement_described_then_bound(make_pool_tproxy):
         assert c.query("SELECT 1") == [["1"]]
         r = c.run_prepared("", [])
         assert [e.get("M") for e in r["errors"]] == ["unnamed prepared statement does not exist"], r
+
+
+@pytest.fixture(scope="module")
+def libpq_client(tmp_path_factory):
+    """Tests/integration/golibpq built with Debian's Go and lib/pq (.ci/run installs both)."""
+    import shutil
+    import subprocess
+    if shutil.which("go") is None or not Path("/usr/share/gocode/src/github.com/lib/pq").is_dir():
+        pytest.skip("needs golang-go and golang-github-lib-pq-dev")
+    out = tmp_path_factory.mktemp("golibpq")
+    env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
+           "GOCACHE": str(out / "cache"), "GOFLAGS": ""}
+    res = subprocess.run(["go", "build", "-o", str(out / "libpq-client"), "."],
+                         cwd=Path(__file__).parent / "golibpq", env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return out / "libpq-client"
+
+
+@pytest.mark.timeout_s(240)
+def test_go_lib_pq_clients_of_two_tenants_on_one_connection(make_pool_tproxy, libpq_client):
+    """Go's lib/pq runs each query with parameters in two round trips (the unnamed statement's
+    Parse+Describe+Sync, then Bind+Execute+Sync); behind a transaction pooler the second may go
+    to a connection another client used in between. Two programs of two tenants, three
+    connections each, over one upstream connection: every answer right, every row their own."""
+    import subprocess
+    p = make_pool_tproxy(mode="transaction", size=1)
+    procs = {}
+    for user, tenant in (("alice", ts.ACME), ("bob", ts.GLOBEX)):
+        dsn = (f"host={p.host} port={p.port} user={user} password={ps.password_of(user)} "
+               f"dbname={ts.APP_DB} sslmode=disable")
+        procs[user] = subprocess.Popen([str(libpq_client), "-dsn", dsn, "-tenant", tenant,
+                                        "-n", "40"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+    for user, proc in procs.items():
+        out, _ = proc.communicate(timeout=200)
+        assert proc.returncode == 0 and out.strip() == "ok", f"{user}: {out}" + proxy_info(p)
 
 
 def test_psycopg_deallocate_all(make_proxy, db):
