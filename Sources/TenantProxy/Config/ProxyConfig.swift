@@ -291,9 +291,9 @@ struct ProxyConfig: Sendable {
             "pool", "tenant_max_connections", default: 0, range: 0...10_000)
         config.pool.tenantMaxClients = reader.int("pool", "tenant_max_clients", default: 0, range: 0...1_000_000)
         var extra: [String] = []
+        let context = [config.tenancy.tenantSetting, config.tenancy.userSetting]
         for raw in reader.stringArray("pool", "track_extra_parameters", default: Pool.defaultExtraParameters) {
             let name = raw.lowercased()
-            let context = [config.tenancy.tenantSetting, config.tenancy.userSetting]
             if !ContextInjector.isSafeSettingName(name) || name.contains(".") {
                 reader.problem("pool.track_extra_parameters", "\"\(raw)\" is not a setting name",
                                fix: "list PostgreSQL's own setting names, such as \"statement_timeout\" (no custom dotted ones)")

@@ -30,9 +30,9 @@
 //     reported in `deallocate`: the proxy answers it itself;
 //   - session-level SET / RESET (SET, SET SESSION, RESET; not SET LOCAL) of a parameter not in
 //     `trackedParameters` or `readBack` (pool.track_extra_parameters; such a SET is allowed and
-//     reported in `changesReadBackSetting`): the name in any spelling (case, "quoted", dotted). SET TIME ZONE is
-//     timezone and SET NAMES is client_encoding (tracked: allowed); SET SCHEMA is search_path and
-//     SET XML OPTION is xmloption (refused); SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE,
+//     reported in `changesReadBackSetting`): the name in any spelling (case, "quoted",
+//     dotted). SET TIME ZONE is timezone and SET NAMES is client_encoding (tracked: allowed);
+//     SET SCHEMA is search_path and SET XML OPTION is xmloption (refused); SET ROLE, SET SESSION AUTHORIZATION, RESET ROLE,
 //     RESET SESSION AUTHORIZATION, SET SESSION CHARACTERISTICS AS TRANSACTION: refused;
 //   - set_config(name, value, is_local) unless is_local is literally true ('true', 'on', ...)
 //     or name is a literal tracked parameter.
