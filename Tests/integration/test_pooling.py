@@ -1124,37 +1124,54 @@ def test_unnamed_statement_described_then_bound(make_pool_tproxy):
         assert [e.get("M") for e in r["errors"]] == ["unnamed prepared statement does not exist"], r
 
 
+GO_PACKAGES = {"github.com/lib/pq": "golang-github-lib-pq-dev",
+               "github.com/jackc/pgx/v4": "golang-github-jackc-pgx-v4-dev"}
+
+
 @pytest.fixture(scope="module")
-def libpq_client(tmp_path_factory):
-    """Tests/integration/golibpq built with Debian's Go and lib/pq (.ci/run installs both)."""
+def go_client(tmp_path_factory):
+    """Tests/integration/goclient built with Debian's Go, lib/pq and pgx (.ci/run installs them)."""
     import shutil
     import subprocess
-    if shutil.which("go") is None or not Path("/usr/share/gocode/src/github.com/lib/pq").is_dir():
-        pytest.skip("needs golang-go and golang-github-lib-pq-dev")
-    out = tmp_path_factory.mktemp("golibpq")
+    missing = [pkg for path, pkg in GO_PACKAGES.items()
+               if not Path("/usr/share/gocode/src", path).is_dir()]
+    if shutil.which("go") is None or missing:
+        pytest.skip(f"needs golang-go and {', '.join(GO_PACKAGES.values())}")
+    out = tmp_path_factory.mktemp("goclient")
     env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode",
            "GOCACHE": str(out / "cache"), "GOFLAGS": ""}
-    res = subprocess.run(["go", "build", "-o", str(out / "libpq-client"), "."],
-                         cwd=Path(__file__).parent / "golibpq", env=env, capture_output=True,
+    res = subprocess.run(["go", "build", "-o", str(out / "go-client"), "."],
+                         cwd=Path(__file__).parent / "goclient", env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    return out / "libpq-client"
+    return out / "go-client"
 
 
 @pytest.mark.timeout_s(240)
-def test_go_lib_pq_clients_of_two_tenants_on_one_connection(make_pool_tproxy, libpq_client):
+@pytest.mark.parametrize("driver,options,prepare", [
+    ("postgres", "", True),                                 # lib/pq
+    ("pgx", "", True),                                      # pgx: named prepared statements
+    # pgx: unnamed statements, each described once. (Its database/sql Prepare fails in this
+    # mode directly against PostgreSQL too: pgx 4.15 parses the statement's name as SQL.)
+    ("pgx", " statement_cache_mode=describe", False),
+    ("pgx", " prefer_simple_protocol=true", True),
+], ids=["lib-pq", "pgx", "pgx-describe", "pgx-simple"])
+def test_go_clients_of_two_tenants_on_one_connection(make_pool_tproxy, go_client, driver, options,
+                                                     prepare):
     """Go's lib/pq runs each query with parameters in two round trips (the unnamed statement's
-    Parse+Describe+Sync, then Bind+Execute+Sync); behind a transaction pooler the second may go
-    to a connection another client used in between. Two programs of two tenants, three
-    connections each, over one upstream connection: every answer right, every row their own."""
+    Parse+Describe+Sync, then Bind+Execute+Sync), pgx prepares its named statements so; behind
+    a transaction pooler the second round trip may go to a connection another client used in
+    between. Two programs of two tenants, three connections each, over one upstream
+    connection: every answer right, every row their own."""
     import subprocess
     p = make_pool_tproxy(mode="transaction", size=1)
     procs = {}
     for user, tenant in (("alice", ts.ACME), ("bob", ts.GLOBEX)):
         dsn = (f"host={p.host} port={p.port} user={user} password={ps.password_of(user)} "
-               f"dbname={ts.APP_DB} sslmode=disable")
-        procs[user] = subprocess.Popen([str(libpq_client), "-dsn", dsn, "-tenant", tenant,
-                                        "-n", "40"], stdout=subprocess.PIPE,
+               f"dbname={ts.APP_DB} sslmode=disable" + options)
+        procs[user] = subprocess.Popen([str(go_client), "-driver", driver, "-dsn", dsn,
+                                        "-tenant", tenant, "-n", "40",
+                                        f"-prepare={str(prepare).lower()}"], stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
     for user, proc in procs.items():
         out, _ = proc.communicate(timeout=200)

@@ -1,10 +1,12 @@
-// A Go client on lib/pq (database/sql), as an application writes it, for the transaction-mode
-// tests: lib/pq runs every query with parameters as Parse+Describe+Sync of the unnamed statement,
-// then Bind+Execute+Sync in a second round trip, which a pooler may serve on another connection.
-// It checks its own answers and that every row it reads is its tenant's; it prints what failed
-// and exits 1.
+// A Go client as an application writes it (database/sql), for the transaction-mode tests, on
+// lib/pq or pgx (v4, through its database/sql driver; its connection string chooses named
+// prepared statements, the default, `statement_cache_mode=describe` or
+// `prefer_simple_protocol=true`). lib/pq runs every query with parameters as Parse+Describe+Sync
+// of the unnamed statement, then Bind+Execute+Sync in a second round trip, which a pooler may
+// serve on another connection; pgx prepares named statements the same way. The program checks
+// its own answers and that every row it reads is its tenant's; it prints what failed and exits 1.
 //
-//	go run main.go -dsn 'host=... user=alice ...' -tenant <uuid> -n 40
+//	go run main.go -driver postgres|pgx -dsn '...' -tenant <uuid> -n 40
 package main
 
 import (
@@ -14,17 +16,20 @@ import (
 	"os"
 	"sync"
 
+	_ "github.com/jackc/pgx/v4/stdlib"
 	_ "github.com/lib/pq"
 )
 
 func main() {
-	dsn := flag.String("dsn", "", "lib/pq connection string")
+	driver := flag.String("driver", "postgres", "postgres (lib/pq) or pgx")
+	dsn := flag.String("dsn", "", "connection string")
 	tenant := flag.String("tenant", "", "the tenant id every row read must have")
 	n := flag.Int("n", 40, "iterations per goroutine")
 	workers := flag.Int("workers", 3, "goroutines (and connections)")
+	prepare := flag.Bool("prepare", true, "also run a statement of database/sql's Prepare")
 	flag.Parse()
 
-	db, err := sql.Open("postgres", *dsn)
+	db, err := sql.Open(*driver, *dsn)
 	if err != nil {
 		fail("open: %v", err)
 	}
@@ -37,7 +42,7 @@ func main() {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			if err := work(db, w, *n, *tenant); err != nil {
+			if err := work(db, w, *n, *tenant, *prepare); err != nil {
 				errs <- fmt.Errorf("worker %d: %w", w, err)
 			}
 		}(w)
@@ -50,12 +55,15 @@ func main() {
 	fmt.Println("ok")
 }
 
-func work(db *sql.DB, w, n int, tenant string) error {
-	stmt, err := db.Prepare("SELECT $1::text || '!'") // a named statement
-	if err != nil {
-		return fmt.Errorf("prepare: %w", err)
+func work(db *sql.DB, w, n int, tenant string, prepare bool) error {
+	var stmt *sql.Stmt
+	if prepare {
+		var err error
+		if stmt, err = db.Prepare("SELECT $1::text || '!'"); err != nil { // a named statement
+			return fmt.Errorf("prepare: %w", err)
+		}
+		defer stmt.Close()
 	}
-	defer stmt.Close()
 	for i := 0; i < n; i++ {
 		k := w*1000 + i
 		// Parse+Describe+Sync, then Bind+Execute+Sync: two round trips outside a transaction
@@ -84,9 +92,11 @@ func work(db *sql.DB, w, n int, tenant string) error {
 		if err := rows.Err(); err != nil || count == 0 {
 			return fmt.Errorf("iteration %d: %d rows of todos, %v", i, count, err)
 		}
-		var got string
-		if err := stmt.QueryRow(fmt.Sprint(k)).Scan(&got); err != nil || got != fmt.Sprintf("%d!", k) {
-			return fmt.Errorf("iteration %d: prepared statement gave %q, %v", i, got, err)
+		if stmt != nil {
+			var got string
+			if err := stmt.QueryRow(fmt.Sprint(k)).Scan(&got); err != nil || got != fmt.Sprintf("%d!", k) {
+				return fmt.Errorf("iteration %d: prepared statement gave %q, %v", i, got, err)
+			}
 		}
 		if i%4 == 0 {
 			tx, err := db.Begin()
