@@ -21,6 +21,8 @@ import concurrent.futures
 import contextlib
 import os
 import re
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -1131,8 +1133,6 @@ GO_PACKAGES = {"github.com/lib/pq": "golang-github-lib-pq-dev",
 @pytest.fixture(scope="module")
 def go_client(tmp_path_factory):
     """Tests/integration/goclient built with Debian's Go, lib/pq and pgx (.ci/run installs them)."""
-    import shutil
-    import subprocess
     missing = [pkg for path, pkg in GO_PACKAGES.items()
                if not Path("/usr/share/gocode/src", path).is_dir()]
     if shutil.which("go") is None or missing:
@@ -1163,7 +1163,6 @@ def test_go_clients_of_two_tenants_on_one_connection(make_pool_tproxy, go_client
     a transaction pooler the second round trip may go to a connection another client used in
     between. Two programs of two tenants, three connections each, over one upstream
     connection: every answer right, every row their own."""
-    import subprocess
     p = make_pool_tproxy(mode="transaction", size=1)
     procs = {}
     for user, tenant in (("alice", ts.ACME), ("bob", ts.GLOBEX)):
