@@ -1177,6 +1177,51 @@ def test_go_clients_of_two_tenants_on_one_connection(make_pool_tproxy, go_client
         assert proc.returncode == 0 and out.strip() == "ok", f"{user}: {out}" + proxy_info(p)
 
 
+def test_a_name_parsed_again_in_the_same_pipeline(make_pool_tproxy):
+    """A Parse of a name whose earlier Parse is still unanswered (both in one pipeline): taken
+    or free depends on that answer, and the proxy leaves the answer to the server, as a client
+    sees it without a pooler: after a refused Parse the name is free, after a good one it is
+    taken (42P05 under the client's name). Nothing reaches the client under a proxy name, also
+    for a Bind pipelined ahead of a DEALLOCATE ALL that the proxy answers itself."""
+    p = make_pool_tproxy(mode="transaction", size=1)
+    x = ps.ExtConn
+    with ps.ext_clients(p, "alice", "alice") as (c, other):
+        def pipeline(*batches):
+            c.send(b"".join(b"".join(batch) + x.sync() for batch in batches))
+            return [c.read_batch() for _ in batches]
+        # (each first Parse with a Describe: a Parse+Sync alone the proxy answers itself)
+        # the first Parse refused: the second takes the name
+        first, second = pipeline([x.parse("n1", "SELEC 1"), x.describe_statement("n1")],
+                                 [x.parse("n1", "SELECT 'second'"), x.bind("n1", []), x.execute()])
+        assert [e["C"] for e in first["errors"]] == ["42601"], first
+        assert second["errors"] == [] and second["rows"] == [["second"]], second
+        assert other.query("SELECT 1") == [["1"]]   # another client between: a later lend
+        assert c.run_prepared("n1", [])["rows"] == [["second"]]
+        # the first Parse good: the second is refused by the server, under the client's name
+        first, second, third = pipeline([x.parse("n2", "SELECT 'first'"), x.describe_statement("n2")],
+                                        [x.parse("n2", "SELECT 'second'"), x.bind("n2", []),
+                                         x.execute()],
+                                        [x.bind("n2", []), x.execute()])
+        assert first["errors"] == [], first
+        assert [(e["C"], e["M"]) for e in second["errors"]] == [
+            ("42P05", 'prepared statement "n2" already exists')], second
+        assert third["rows"] == [["first"]], third
+        assert c.run_prepared("n2", [])["rows"] == [["first"]]
+        # the name closed behind the contender: gone whatever the server answered
+        pipeline([x.parse("n3", "SELEC 3"), x.describe_statement("n3")],
+                 [x.parse("n3", "SELECT 3"), x.describe_statement("n3")], [x.close_statement("n3")])
+        assert [e["M"] for e in c.run_prepared("n3", [])["errors"]] == [
+            'prepared statement "n3" does not exist']
+        # a Bind of a statement whose Parse the server refused, behind which DEALLOCATE ALL
+        # (answered by the proxy) empties the client's statements before the Bind fails
+        c.send(x.parse("n4", "SELEC 4") + x.describe_statement("n4") + x.sync() + x.bind("n4", [])
+               + x.execute() + x.sync() + h.message(b"Q", b"DEALLOCATE ALL\x00"))
+        replies = [c.read_batch() for _ in range(3)]
+        raw = repr(replies)
+        assert not re.search(r"tp[0-9]+_[0-9]+", raw), raw
+        assert replies[2]["commands"] == ["DEALLOCATE ALL"], replies
+
+
 def test_psycopg_deallocate_all(make_proxy, db):
     p = make_proxy(extra=ps.pool_extra(size=2))
     with ps.psycopg_connect(p, db, prepare_threshold=0) as conn:

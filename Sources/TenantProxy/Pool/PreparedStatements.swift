@@ -51,6 +51,10 @@ struct PreparedStatements {
     /// under the proxy name, which the client must see as its own.
     private var retired: [(number: UInt64, name: String)] = []
     static let retiredLimit = 16
+    /// Parses of a name whose earlier Parse was still unanswered, sent under the earlier one's
+    /// proxy name so that the server decides (see `contend`): the statement each makes should
+    /// it succeed. Nearly always empty.
+    private var contenders: [UInt64: Statement] = [:]
 
     init(sessionID: Int32) {
         prefix = "tp\(UInt32(bitPattern: sessionID))_"
@@ -58,15 +62,46 @@ struct PreparedStatements {
 
     /// A client Parse of a named statement: registers it and returns the Parse to send (renamed).
     mutating func register(_ parse: Parse, allocator: ByteBufferAllocator) -> Statement {
-        let number = Self.numbers.wrappingIncrementThenLoad(ordering: .relaxed)
+        let statement = Self.statement(parse, number: Self.numbers.wrappingIncrementThenLoad(ordering: .relaxed),
+                                       prefix: prefix, allocator: allocator)
+        forget(parse.name)
+        statements[parse.name] = statement
+        return statement
+    }
+
+    private static func statement(_ parse: Parse, number: UInt64, prefix: String, allocator: ByteBufferAllocator) -> Statement {
         var renamed = parse
         renamed.name = prefix + String(number)
         var buffer = allocator.buffer(capacity: renamed.query.utf8.count + 32)
         renamed.encode(into: &buffer)
-        let statement = Statement(number: number, proxyName: renamed.name, parse: buffer, clientName: parse.name)
-        forget(parse.name)
-        statements[parse.name] = statement
+        return Statement(number: number, proxyName: renamed.name, parse: buffer, clientName: parse.name)
+    }
+
+    /// A Parse of a name whose statement's own Parse the server has not answered yet (both in
+    /// one pipeline): whether the name is taken depends on that answer, so this Parse goes under
+    /// the same proxy name and the server decides, as it would for the client's own names
+    /// (42P05 if the first one succeeded). Its statement becomes the client's should it succeed
+    /// (`contenderPrepared`). nil when a contender for that name is already on its way.
+    mutating func contend(_ parse: Parse, with existing: Statement, allocator: ByteBufferAllocator) -> Statement? {
+        guard contenders[existing.number] == nil else { return nil }
+        let statement = Self.statement(parse, number: existing.number, prefix: prefix, allocator: allocator)
+        contenders[existing.number] = statement
         return statement
+    }
+
+    /// The contender's Parse succeeded (so the earlier one failed): the name is its statement's.
+    /// False when the client has closed or deallocated the name since.
+    mutating func contenderPrepared(_ number: UInt64) -> Bool {
+        guard let statement = contenders.removeValue(forKey: number) else { return false }
+        let name = String(decoding: statement.clientName, as: UTF8.self)
+        forget(name)
+        statements[name] = statement
+        return true
+    }
+
+    /// The contender's Parse failed or was skipped: the name stays as the earlier Parse left it.
+    mutating func contenderFailed(_ number: UInt64) {
+        contenders.removeValue(forKey: number)
     }
 
     subscript(name: String) -> Statement? { statements[name] }
@@ -87,11 +122,21 @@ struct PreparedStatements {
         return statement
     }
 
+    /// The client closed or deallocated the name (a contender for it is dropped too).
     mutating func remove(_ name: String) {
+        if !contenders.isEmpty, let number = statements[name]?.number { contenders.removeValue(forKey: number) }
+        drop(name)
+    }
+
+    private mutating func drop(_ name: String) {
         forget(name)
         guard let statement = statements.removeValue(forKey: name) else { return }
+        retire(statement.number, name)
+    }
+
+    private mutating func retire(_ number: UInt64, _ name: String) {
         if retired.count == Self.retiredLimit { retired.removeFirst() }
-        retired.append((statement.number, name))
+        retired.append((number, name))
     }
 
     /// The proxy names' common start for this session's statements (`tp<session>_`).
@@ -128,11 +173,15 @@ struct PreparedStatements {
     /// (a Parse that PostgreSQL refused or skipped made no statement).
     mutating func remove(number: UInt64) {
         guard let name = statements.first(where: { $0.value.number == number })?.key else { return }
-        remove(name)
+        drop(name)
     }
 
+    /// DEALLOCATE ALL, DISCARD ALL. The names are remembered as removed ones are: a Bind sent
+    /// before may still fail upstream under a proxy name.
     mutating func removeAll() {
+        for (name, statement) in statements.prefix(Self.retiredLimit) { retire(statement.number, name) }
         statements.removeAll()
+        contenders.removeAll()
         recent.removeAll()
         recentNext = 0
     }

@@ -1517,7 +1517,15 @@ final class ClientSession: UpstreamConnectionOwner {
             replies.sent(.init(kind: .parse))
             return .forward
         }
-        if prepared[parse.name] != nil {
+        if let existing = prepared[parse.name] {
+            // While the Parse that took the name is unanswered (both in one pipeline), whether the
+            // name is taken is the server's answer to give: this one goes under the same proxy name.
+            if replies.hasPendingParse(of: existing.number),
+               let contender = prepared.contend(parse, with: existing, allocator: client.allocator) {
+                self.prepared = prepared
+                replies.sent(.init(kind: .parse, statement: existing.number, contested: true))
+                return .replace([contender.parse])
+            }
             // As PostgreSQL: a name in use must be closed before it is prepared again.
             refuseBatch(ErrorResponse(sqlState: "42P05", message: "prepared statement \"\(parse.name)\" already exists"), now: false)
             return .drop
@@ -1926,6 +1934,10 @@ final class ClientSession: UpstreamConnectionOwner {
                     continue
                 case BackendMessageID.parseComplete.rawValue:
                     buffer.moveReaderIndex(to: frameEnd)
+                    if let number = replies.firstContestedParse, prepared?.contenderPrepared(number) == true {
+                        // The earlier Parse of the name failed (its undo took the number off).
+                        connection?.preparedStatements.insert(number)
+                    }
                     if replies.parseComplete() {
                         // Reply to a Parse the proxy added to re-prepare a statement: not the client's.
                         emitRun(upTo: frameStart)
@@ -2040,6 +2052,8 @@ final class ClientSession: UpstreamConnectionOwner {
         var resume = false
         for item in undone {
             switch item.kind {
+            case .parse where item.contested:
+                prepared?.contenderFailed(item.statement)
             case .parse where item.statement != 0:
                 connection?.preparedStatements.remove(item.statement)
                 if !item.added { prepared?.remove(number: item.statement) }

@@ -29,6 +29,9 @@ struct ReplyQueue<Note> {
         var added = false
         /// Parse: the statement it prepares on the connection; Close: the one it closes.
         var statement: UInt64 = 0
+        /// Parse: a contender for a name whose earlier Parse was unanswered when it was sent
+        /// (PreparedStatements.contend).
+        var contested = false
     }
 
     /// A ring: `count` items from `head`, wrapping at the end (its length is a power of two).
@@ -62,6 +65,21 @@ struct ReplyQueue<Note> {
         let added = ring[head].added
         dropFirst()
         return added
+    }
+
+    /// A client's Parse of statement `number` is still unanswered.
+    func hasPendingParse(of number: UInt64) -> Bool {
+        for offset in 0 ..< count {
+            let item = ring[(head + offset) & (ring.count - 1)]
+            if item.kind == .parse, item.statement == number, !item.added { return true }
+        }
+        return false
+    }
+
+    /// The statement of the first item when it is a contending Parse (see Item.contested).
+    var firstContestedParse: UInt64? {
+        guard count > 0, ring[head].kind == .parse, ring[head].contested else { return nil }
+        return ring[head].statement
     }
 
     /// BindComplete, CloseComplete, NoData, RowDescription, CommandComplete, EmptyQueryResponse

@@ -27,6 +27,25 @@ final class ReplyQueueTests: XCTestCase {
         XCTAssertNil(queue.readyForQuery())
     }
 
+    func testAPendingParseAndItsContender() {
+        var queue = Queue()
+        queue.sent(.init(kind: .parse, added: true, statement: 7))    // the proxy's: not pending for the client
+        XCTAssertFalse(queue.hasPendingParse(of: 7))
+        queue.sent(.init(kind: .parse, statement: 9))
+        queue.sent(.init(kind: .sync, note: "first"))
+        XCTAssertTrue(queue.hasPendingParse(of: 9))
+        queue.sent(.init(kind: .parse, statement: 9, contested: true))
+        queue.sent(.init(kind: .sync, note: "second"))
+        XCTAssertNil(queue.firstContestedParse)
+        XCTAssertTrue(queue.parseComplete())
+        XCTAssertEqual(queue.failed().map(\.statement), [9], "the first Parse of 9 refused")
+        XCTAssertEqual(queue.readyForQuery(), "first")
+        XCTAssertEqual(queue.firstContestedParse, 9)
+        XCTAssertFalse(queue.parseComplete(), "the contender's ParseComplete is the client's")
+        XCTAssertFalse(queue.hasPendingParse(of: 9))
+        XCTAssertEqual(queue.readyForQuery(), "second")
+    }
+
     func testTheProxysOwnParseIsSwallowed() {
         var queue = Queue()
         queue.sent(.init(kind: .parse, added: true, statement: 7))
