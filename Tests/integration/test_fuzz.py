@@ -264,6 +264,44 @@ def test_borrowers_find_nothing_left(make_pool_tproxy, pool_tcluster):
         assert neighbour.runs > 0
 
 
+# Sequences the borrowers case found, kept as they were sent (seeds 83 and 82 at 5,000
+# iterations): a read-back setting changed in a batch whose RESET ALL / DISCARD ALL made the proxy
+# re-apply the context, by a client that left at once, reached the next borrower.
+FOUND = {
+    "seed 83 iteration 2888": ("sam", [
+        ps.ExtConn.parse("", f"SET SESSION NILE.TENANT_ID TO '{ts.ACME}'"), ps.ExtConn.bind("", []),
+        ps.ExtConn.execute(),
+        h.message(b"Q", b"DO $$BEGIN PERFORM set_config('search_path', 'x', false); END$$\x00"),
+        h.message(b"Q", b"SET \"nile\".tenant_id = '55555555-5555-4555-8555-555555555555'\x00"),
+        ps.ExtConn.parse("", "SET SESSION AUTHORIZATION DEFAULT"), ps.ExtConn.bind("", []),
+        ps.ExtConn.execute(), ps.ExtConn.sync(),
+        h.message(b"Q", b"RESET ALL; SET lock_timeout = '5s'; SET TRANSACTION READ ONLY\x00"),
+        h.message(b"X")]),
+    "seed 82 iteration 4942": ("alice", [
+        h.message(b"Q", b"BEGIN; SELECT set_config('lock_timeout', '6s', false)\x00"),
+        ps.ExtConn.parse("ls2", "EXPLAIN ANALYZE CREATE TEMP TABLE lt6 AS SELECT 1"),
+        ps.ExtConn.bind("ls2", []), ps.ExtConn.execute(), ps.ExtConn.sync(),
+        h.message(b"Q", b"SET client_min_messages = error\x00"),
+        h.message(b"Q", b"SELECT pg_advis\xc3ory_lock(1, 2); DISCARD ALL; RESET DateStyle\x00"),
+        h.message(b"X")]),
+}
+
+
+@pytest.mark.timeout_s(120)
+def test_borrowers_found_sequences_leave_nothing(make_pool_tproxy, pool_tcluster):
+    with widened_grants(pool_tcluster):
+        p = make_pool_tproxy(mode="transaction", size=1)
+        baseline = session_state(p, "alice2")
+        for found, (user, frames) in FOUND.items():
+            with h.RawConn(p.host, p.port) as raw:
+                raw.startup(user, ps.password_of(user), ts.APP_DB)
+                raw.send(b"".join(frames))
+                h.read_until_closed(raw.sock, 30)
+            state = session_state(p, "alice2")
+            assert state == baseline, (found, [(n, b, s) for n, (b, s)
+                                               in enumerate(zip(baseline, state)) if b != s])
+
+
 def fuzz_borrowers(p, r: random.Random, sql: list[str], baseline: dict, neighbour: Neighbour):
     for i in range(ITERS):
         user = r.choice(["alice", "sam"])

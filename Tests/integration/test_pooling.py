@@ -649,6 +649,29 @@ def test_settings_the_server_does_not_report_follow_their_client(one_conn_proxy,
             assert b.execute(show).fetchone() == defaults, (wait, proxy_info(p))
 
 
+def test_read_back_settings_and_a_reset_in_the_same_batch(one_conn_proxy, pg, db):
+    """RESET ALL or DISCARD ALL makes the proxy re-apply the client's settings before the
+    client's next message; a read-back setting changed in the same batch is neither lost (SET
+    after the RESET ALL) nor carried to the next borrower when the client leaves at once (the
+    fuzzer's exact sequences that did carry one are in test_fuzz.py)."""
+    p = one_conn_proxy
+    defaults = tuple(_direct_default(pg, db, name) for name in EXTRA)
+    show = "SELECT " + ", ".join(f"current_setting('{n}')" for n in EXTRA)
+    with ps.ExtConn(p.host, p.port) as c:
+        c.startup("alice", "alicepw", db)
+        assert c.query("RESET ALL; SET lock_timeout = '5s'") == []
+        assert c.query("SHOW lock_timeout") == [["5s"]]
+    for leaving in ([b"RESET ALL; SET lock_timeout = '5s'; SET TRANSACTION READ ONLY"],
+                    [b"SET client_min_messages = error", b"SELECT 1; DISCARD ALL"],
+                    [b"SET client_min_messages = error", b"SELECT 1/0; DISCARD ALL"]):
+        with ps.ExtConn(p.host, p.port) as c:
+            c.startup("alice", "alicepw", db)
+            c.send(b"".join(h.message(b"Q", q + b"\x00") for q in leaving) + h.message(b"X"))
+            h.read_until_closed(c.sock, 30)
+        with ps.psycopg_connect(p, db) as b:
+            assert b.execute(show).fetchone() == defaults, (leaving, proxy_info(p))
+
+
 def test_settings_list_can_be_emptied(make_proxy, db):
     p = make_proxy(extra={**ps.pool_extra(size=1, track_extra_parameters=[])})
     with ps.psycopg_connect(p, db) as a:

@@ -905,7 +905,10 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Queries that give a borrowed connection this client's context and settings, diffed against
     /// what the connection carries. Clearing the old context comes in its own Query before the new
     /// one, so a failing SET leaves no context at all (fail closed), never the previous tenant's.
-    private func preludeQueries(for connection: UpstreamConnection) -> [String] {
+    /// `keepingUnknown` (the re-application after a RESET ALL): settings whose value is unknown
+    /// (changed in the batch, to be read back) are left as they are, not reset: the client may
+    /// have SET one after its RESET ALL.
+    private func preludeQueries(for connection: UpstreamConnection, keepingUnknown: Bool = false) -> [String] {
         var queries: [String] = []
         let wanted = wantedContext ?? ""
         if connection.contextKey != wantedContextKey {
@@ -931,17 +934,20 @@ final class ClientSession: UpstreamConnectionOwner {
         if connection.applied != desired {
             for (name, value) in desired.sorted(by: { $0.key < $1.key }) where connection.applied[name] != value {
                 guard ContextInjector.isSafeSettingName(name) else { continue }
+                if keepingUnknown, connection.applied[name] == UpstreamConnection.unknownContext { continue }
                 sets.append("SET \(name) = \(ContextInjector.literal(value))")
                 connection.applied[name] = value
             }
             for name in connection.applied.keys.sorted() where desired[name] == nil {
                 guard ContextInjector.isSafeSettingName(name) else { continue }
+                if keepingUnknown, connection.applied[name] == UpstreamConnection.unknownContext { continue }
                 sets.append("RESET \(name)")
                 connection.applied.removeValue(forKey: name)
             }
         }
         if !sets.isEmpty { queries.append(sets.joined(separator: "; ")) }
-        connection.appliedSettings = desiredSettings
+        // Unknown values kept: no borrower may skip the comparison (see readBackSettingsLater).
+        connection.appliedSettings = keepingUnknown && connection.applied != desired ? nil : desiredSettings
         if connection.preparedStatements.count > 500 || connection.preparedStatementsUncertain {
             queries.append("DEALLOCATE ALL")
             connection.preparedStatements.removeAll()
@@ -1418,6 +1424,8 @@ final class ClientSession: UpstreamConnectionOwner {
         connection?.context = "(reset)"
         connection?.applied.removeAll()
         connection?.appliedSettings = nil
+        // A read-back setting changed in this batch may be set again after the reset.
+        if settingsToReadBack { markReadBackUnknown() }
     }
 
     // MARK: - Prepared statements across borrowed connections
@@ -1705,6 +1713,10 @@ final class ClientSession: UpstreamConnectionOwner {
     /// each of them, whoever borrows it.
     private func readBackSettingsLater() {
         settingsToReadBack = true
+        markReadBackUnknown()
+    }
+
+    private func markReadBackUnknown() {
         guard let connection else { return }
         for name in transactionGuard.readBack { connection.applied[name] = UpstreamConnection.unknownContext }
         connection.appliedSettings = nil
@@ -1733,6 +1745,8 @@ final class ClientSession: UpstreamConnectionOwner {
         }
         desiredSettings = runtime.settingsInterner.intern(desired)
         if connection.applied == desired { connection.appliedSettings = desiredSettings }
+        // A statement sent behind the read-back changed them again: unknown until the next one.
+        if settingsToReadBack { markReadBackUnknown() }
     }
 
     // MARK: - Guard
@@ -1985,9 +1999,10 @@ final class ClientSession: UpstreamConnectionOwner {
                         var changed = desiredSettings.values
                         changed[name] = status.value
                         desiredSettings = runtime.settingsInterner.intern(changed)
-                        // The connection had this client's settings (restored when lent), and now this one too.
+                        // The connection had this client's settings (restored when lent), and now this one too
+                        // (unless a read-back setting's value is unknown: then each lend compares).
                         connection?.applied[name] = status.value
-                        connection?.appliedSettings = desiredSettings
+                        connection?.appliedSettings = connection?.applied == changed ? desiredSettings : nil
                     }
                 }
             default:
@@ -2104,7 +2119,7 @@ final class ClientSession: UpstreamConnectionOwner {
             resumeClient()
             return
         }
-        let prelude = transactionPooling ? preludeQueries(for: connection) : contextQueries(for: connection)
+        let prelude = transactionPooling ? preludeQueries(for: connection, keepingUnknown: true) : contextQueries(for: connection)
         if prelude.isEmpty {
             resumeClient()
         } else {
