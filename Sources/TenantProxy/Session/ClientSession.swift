@@ -1477,9 +1477,7 @@ final class ClientSession: UpstreamConnectionOwner {
             var payload = frame.payload
             guard let parse = try? Parse.decode(payload: &payload), parse.name.isEmpty || prepared?[parse.name] == nil,
                   !parses.contains(where: { $0.name == parse.name }) else { return false }
-            let verdict = inspect(frame.payload, skippingName: true)
-            guard verdict.isAllowed, !verdict.reapplyContextAfter,
-                  inspectForTransactionMode(frame.payload, skippingName: true) == .allow else { return false }
+            guard mayRunUnseen(frame.payload) else { return false }
             if parse.name.isEmpty { unnamed = parse } else { parses.append(parse) }
         }
         return false
@@ -1498,14 +1496,18 @@ final class ClientSession: UpstreamConnectionOwner {
               describe.payload.getInteger(at: describe.payload.readerIndex, as: UInt16.self) == UInt16(PGTargetKind.statement.rawValue) << 8,
               rest.getInteger(at: rest.readerIndex, as: UInt8.self) == FrontendMessageID.sync.rawValue
         else { return }
-        let verdict = inspect(parse.payload, skippingName: true)
-        guard verdict.isAllowed, !verdict.reapplyContextAfter,
-              inspectForTransactionMode(parse.payload, skippingName: true) == .allow else { return }
+        guard mayRunUnseen(parse.payload) else { return }
         var kept = client.allocator.buffer(capacity: parse.payload.readableBytes + 5)
-        kept.writeInteger(parse.type)
-        kept.writeInteger(UInt32(parse.payload.readableBytes + 4))
-        kept.writeImmutableBuffer(parse.payload)
+        parse.encode(into: &kept)
         unnamedParse = kept
+    }
+
+    /// A Parse the proxy keeps to send again later, where its handling by the guards (refusal,
+    /// context re-application, session effects) would not be seen: only one neither guard acts on.
+    private func mayRunUnseen(_ payload: ByteBuffer) -> Bool {
+        let verdict = inspect(payload, skippingName: true)
+        return verdict.isAllowed && !verdict.reapplyContextAfter
+            && inspectForTransactionMode(payload, skippingName: true) == .allow
     }
 
     private func renameParse(_ frame: PGFrame) -> FrameDecision {
