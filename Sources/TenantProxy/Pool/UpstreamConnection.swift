@@ -60,6 +60,8 @@ final class UpstreamConnection {
     /// What `context` holds when the server's context may differ from any record: a switch
     /// user's SET of the tenant, which its transaction may roll back. Matches no session's
     /// context, so the next lend resets it all (search_path included) and sets the borrower's.
+    /// Also the value `applied` gives a read-back setting changed but not read yet: it matches
+    /// no client's value, so the next lend sets or resets it.
     static let unknownContext = "(unknown)"
 
     /// The next lend's reset of the context must include search_path.
