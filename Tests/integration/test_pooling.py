@@ -1572,3 +1572,122 @@ def test_idle_upstream_connections_closed(make_proxy, pg, db):
                 assert c.execute("SELECT 5").fetchone()[0] == 5
         ps.wait_until(lambda: ps.backend_count(pg, UPSTREAM_ROLE, db) == 0, 30,
                       "idle upstream connections to be closed again")
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. idle-in-transaction timeout and server lifetime
+
+
+def _raw_client(p, db):
+    raw = h.RawConn(p.host, p.port, timeout=30)
+    raw.startup("alice", "alicepw", db)
+    return raw
+
+
+def _unsolicited_error(raw) -> dict[str, str]:
+    """The ErrorResponse the proxy sends without being asked, then the connection's end."""
+    tag, body = raw.read_message()
+    assert tag == b"E", (tag, body)
+    fields = h.parse_error_fields(body)
+    with pytest.raises((ConnectionError, OSError)):
+        raw.read_message()
+    return fields
+
+
+def _assert_idle_transaction_fatal(fields: dict[str, str], seconds: int):
+    assert fields.get("S") == "FATAL", fields
+    assert fields.get("C") == "25P03", fields
+    assert fields.get("M") == "terminating connection due to idle-in-transaction timeout", fields
+    assert f"for {seconds} second" in fields.get("D", ""), fields
+    assert "pool.idle_transaction_timeout_seconds" in fields.get("H", ""), fields
+
+
+@pytest.mark.timeout_s(120)
+def test_idle_in_transaction_client_ended_and_its_connection_freed(make_proxy, pg, db):
+    """A client that holds the only pooled connection inside a transaction and sends nothing is
+    ended with FATAL 25P03; its transaction is rolled back (its lock freed) and the client that
+    waited gets a connection. A client idle between transactions for as long is not touched."""
+    p = make_proxy(extra=ps.pool_extra(size=1, max_client_wait_seconds=60,
+                                       idle_transaction_timeout_seconds=1))
+    between = ps.psycopg_connect(p, db)
+    with contextlib.closing(between), _raw_client(p, db) as holder:
+        assert between.execute("SELECT 1").fetchone()[0] == 1
+        holder.query("BEGIN")
+        holder_pid = int(holder.query("SELECT pg_backend_pid()")[0][0])
+        holder.query("SELECT pg_advisory_xact_lock(4242)")
+        waiter = ps.psycopg_connect(p, db)
+        with contextlib.closing(waiter), concurrent.futures.ThreadPoolExecutor(1) as ex:
+            # Waits for the one connection, which the holder keeps until it is ended.
+            fut = ex.submit(lambda: waiter.execute(
+                "SELECT pg_try_advisory_xact_lock(4242), pg_backend_pid()").fetchone())
+            _assert_idle_transaction_fatal(_unsolicited_error(holder), 1)
+            locked, waiter_pid = fut.result(timeout=60)
+        assert locked is True, "the ended transaction's lock was released"
+        assert waiter_pid != holder_pid, "the connection left inside a transaction is never lent"
+        ps.wait_until(lambda: holder_pid not in ps.backend_pids(pg, UPSTREAM_ROLE, db), 30,
+                      "the ended client's server connection to close")
+        # idle for as long, but between transactions: still served
+        assert between.execute("SELECT 2").fetchone()[0] == 2
+    assert "ended client idle in transaction" in p.stderr(), proxy_info(p)
+
+
+@pytest.mark.timeout_s(120)
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_idle_transaction_timeout_spares_running_statements(make_proxy, pg, db, mode):
+    """A statement that runs longer than the timeout inside a transaction is not idleness; a
+    failed transaction (status E) left idle is ended as an open one is; in both pool modes."""
+    p = make_proxy(extra=ps.pool_extra(mode=mode, size=2, idle_transaction_timeout_seconds=1))
+    with ps.psycopg_connect(p, db) as busy, _raw_client(p, db) as failed:
+        with busy.transaction():
+            assert busy.execute("SELECT 7 FROM pg_sleep(2.5)").fetchone()[0] == 7
+            assert busy.execute("SELECT 8").fetchone()[0] == 8
+        failed.query("BEGIN")
+        with pytest.raises(h.PGError) as ei:
+            failed.query("SELECT 1/0")
+        assert ei.value.sqlstate == "22012"
+        _assert_idle_transaction_fatal(_unsolicited_error(failed), 1)
+        assert busy.execute("SELECT 9").fetchone()[0] == 9
+
+
+@pytest.mark.timeout_s(120)
+def test_idle_transaction_timeout_off_by_default(make_proxy, pg, db):
+    """Default 0: a transaction left idle is kept for as long as a client that is ended with
+    the timeout on waits (the same test's other proxy shows the sweep ran meanwhile). psycopg
+    reports the end as PostgreSQL's own timeout (IdleInTransactionSessionTimeout, 25P03)."""
+    off = make_proxy(extra=ps.pool_extra(size=1))
+    on = make_proxy(extra=ps.pool_extra(size=1, idle_transaction_timeout_seconds=1))
+    with _raw_client(off, db) as kept, ps.psycopg_connect(on, db) as ended:
+        kept.query("BEGIN")
+        kept.query("SELECT 1")
+        ended.execute("BEGIN")
+        ended.execute("SELECT 1")
+        ps.wait_until(lambda: "ended client idle in transaction" in on.stderr(), 30,
+                      "the idle transaction to be ended")
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout) as ei:
+            ended.execute("SELECT 2")
+        assert "pool.idle_transaction_timeout_seconds" in str(ei.value)
+        assert kept.query("SELECT 5") == [["5"]]
+        kept.query("COMMIT")
+
+
+@pytest.mark.timeout_s(120)
+def test_server_lifetime_closes_old_connections_between_transactions(make_proxy, pg, db):
+    """[pool] server_lifetime_seconds: a connection past its lifetime finishes the transaction it
+    is lent for, then closes when it comes back; the next transaction gets a new one."""
+    p = make_proxy(extra=ps.pool_extra(size=1, server_lifetime_seconds=1))
+    with ps.psycopg_connect(p, db) as c:
+        c.execute("BEGIN")
+        first = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+        def age() -> float:
+            rows = pg.sql("SELECT extract(epoch FROM now() - backend_start) FROM pg_stat_activity "
+                          "WHERE pid = %s", (first,))
+            return float(rows[0][0]) if rows else 0.0
+
+        ps.wait_until(lambda: age() > 1.2, 30, "the connection to outlive server_lifetime_seconds")
+        assert c.execute("SELECT pg_backend_pid()").fetchone()[0] == first, "never mid-transaction"
+        c.execute("COMMIT")
+        ps.wait_until(lambda: first not in ps.backend_pids(pg, UPSTREAM_ROLE, db), 30,
+                      "the old connection to close once returned")
+        second = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert second != first

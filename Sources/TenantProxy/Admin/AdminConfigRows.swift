@@ -56,6 +56,8 @@ enum AdminConfigRows {
         add("pool.size", config.pool.size, reloadable: true)
         add("pool.max_client_wait_seconds", config.pool.maxClientWaitSeconds, reloadable: true)
         add("pool.idle_timeout_seconds", config.pool.idleTimeoutSeconds, reloadable: false)
+        add("pool.server_lifetime_seconds", config.pool.serverLifetimeSeconds, reloadable: true)
+        add("pool.idle_transaction_timeout_seconds", config.pool.idleTransactionTimeoutSeconds, reloadable: true)
         add("pool.tenant_max_connections", config.pool.tenantMaxConnections, reloadable: true)
         add("pool.tenant_max_clients", config.pool.tenantMaxClients, reloadable: true)
         add("pool.track_extra_parameters", config.pool.trackExtraParameters.joined(separator: ","), reloadable: false)

@@ -96,6 +96,12 @@ struct ProxyConfig: Sendable {
         var size = 20
         var maxClientWaitSeconds = 30
         var idleTimeoutSeconds = 300
+        /// A pooled connection older than this is closed when it comes back, never in the middle of
+        /// a transaction (0 = no limit), as PgBouncer's server_lifetime.
+        var serverLifetimeSeconds = 3600
+        /// A client idle inside a transaction for longer than this is ended with FATAL 25P03 and its
+        /// transaction rolled back (0 = never), as PgBouncer's idle_transaction_timeout.
+        var idleTransactionTimeoutSeconds = 0
         /// Most upstream connections lent to one tenant's clients at once (0 = no limit).
         var tenantMaxConnections = 0
         /// Most client connections of one tenant (0 = no limit).
@@ -287,6 +293,10 @@ struct ProxyConfig: Sendable {
             "pool", "max_client_wait_seconds", default: config.pool.maxClientWaitSeconds, range: 1...86_400)
         config.pool.idleTimeoutSeconds = reader.int(
             "pool", "idle_timeout_seconds", default: config.pool.idleTimeoutSeconds, range: 1...86_400)
+        config.pool.serverLifetimeSeconds = reader.int(
+            "pool", "server_lifetime_seconds", default: config.pool.serverLifetimeSeconds, range: 0...2_592_000)
+        config.pool.idleTransactionTimeoutSeconds = reader.int(
+            "pool", "idle_transaction_timeout_seconds", default: config.pool.idleTransactionTimeoutSeconds, range: 0...86_400)
         config.pool.tenantMaxConnections = reader.int(
             "pool", "tenant_max_connections", default: 0, range: 0...10_000)
         config.pool.tenantMaxClients = reader.int("pool", "tenant_max_clients", default: 0, range: 0...1_000_000)

@@ -82,6 +82,11 @@ final class UpstreamConnection {
     var preparedStatementsUncertain = false
     var lastReleased: NIODeadline = .now()
     let openedAt = Date()
+    /// When it was opened, for `[pool] server_lifetime_seconds`.
+    let opened: NIODeadline = .now()
+    /// Up to a tenth of the lifetime taken off this connection's (in ten-thousandths), so that
+    /// connections opened together are not all closed, and opened again, together.
+    private let lifetimeSlack = Int64.random(in: 0..<1_000)
     /// Where cancel requests for this connection go (the server's address).
     var cancelHost = ""
     var cancelPort = 0
@@ -97,6 +102,11 @@ final class UpstreamConnection {
     /// Strong, and cleared whenever the connection changes hands (release, discard, close): a
     /// weak reference would give every session a side table and slow each retain and release.
     var owner: UpstreamConnectionOwner?
+
+    /// Whether the connection has lived longer than `lifetime` nanoseconds (less its slack) at `now`.
+    func outlived(_ lifetime: Int64, at now: NIODeadline) -> Bool {
+        (now - opened).nanoseconds >= lifetime - lifetime / 10_000 * lifetimeSlack
+    }
 
     init(channel: Channel, key: PoolKey, lane: UpstreamPool.Lane? = nil) {
         self.channel = channel

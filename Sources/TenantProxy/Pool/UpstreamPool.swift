@@ -169,6 +169,8 @@ final class UpstreamPool {
     /// Set by the budget: this loop holds more connections than it keeps while another waits.
     let mustShed = ManagedAtomic<Bool>(false)
     private var maxClientWaitSeconds: Int
+    /// `[pool] server_lifetime_seconds` in nanoseconds (0: no limit).
+    private var serverLifetime: Int64
     /// Lanes live as long as the pool (one per key ever used on this loop: a handful).
     private var lanes: [PoolKey: Lane] = [:]
     private var nextWaiterID = 0
@@ -183,6 +185,7 @@ final class UpstreamPool {
         self.budget = runtime.poolBudget
         let config = runtime.config.pool
         self.maxClientWaitSeconds = config.maxClientWaitSeconds
+        self.serverLifetime = Self.nanoseconds(config.serverLifetimeSeconds)
         let idleTimeout = Int64(config.idleTimeoutSeconds)
         eventLoop.scheduleRepeatedTask(initialDelay: .seconds(min(idleTimeout, 10)), delay: .seconds(min(idleTimeout, 10))) {
             [weak self] _ in
@@ -212,6 +215,7 @@ final class UpstreamPool {
     func configure(_ config: ProxyConfig.Pool) {
         budget.resize(config.size)
         maxClientWaitSeconds = config.maxClientWaitSeconds
+        serverLifetime = Self.nanoseconds(config.serverLifetimeSeconds)
         for lane in lanes.values {
             let surplus = min(lane.idle.count, budget.surplus(lane.key))
             for connection in lane.idle.prefix(surplus) { discard(connection) }
@@ -286,12 +290,23 @@ final class UpstreamPool {
             connection.channel.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in }
         }
         guard let lane = connection.lane else { return connection.channel.close(promise: nil) }
+        if serverLifetime > 0, connection.outlived(serverLifetime, at: connection.lastReleased) {
+            // Old enough (server_lifetime_seconds): closed between transactions, never in one; a
+            // client waiting meanwhile gets a new connection.
+            retire(connection, from: lane)
+            if !lane.waiters.isEmpty { serveWaiters(lane) }
+            return
+        }
         if budget.isWanted(lane.key, from: self) {
             // This loop holds more connections than it keeps, and another loop waits for room.
             return retire(connection, from: lane)
         }
         lane.idle.append(connection)
         if !lane.waiters.isEmpty { serveWaiters(lane) }
+    }
+
+    private static func nanoseconds(_ seconds: Int) -> Int64 {
+        TimeAmount.seconds(Int64(seconds)).nanoseconds
     }
 
     /// Room for one more connection of `lane` under the size (false: none now).
@@ -486,18 +501,19 @@ final class UpstreamPool {
         return nil
     }
 
+    /// Closes idle connections unused for `age`, or past server_lifetime_seconds.
     private func closeIdle(olderThan age: TimeAmount) {
-        let cutoff = NIODeadline.now() - age
+        let now = NIODeadline.now()
+        let cutoff = now - age
+        let lifetime = serverLifetime
+        func expired(_ connection: UpstreamConnection) -> Bool {
+            connection.lastReleased < cutoff || (lifetime > 0 && connection.outlived(lifetime, at: now))
+        }
         for lane in lanes.values {
-            let old = lane.idle.filter { $0.lastReleased < cutoff }
+            let old = lane.idle.filter(expired)
             guard !old.isEmpty else { continue }
-            lane.idle.removeAll { $0.lastReleased < cutoff }
-            for connection in old {
-                lane.count -= 1
-                var terminate = connection.channel.allocator.buffer(capacity: 5)
-                FrontendMessage.terminate.encode(into: &terminate)
-                connection.channel.writeAndFlush(terminate).whenComplete { _ in connection.channel.close(promise: nil) }
-            }
+            lane.idle.removeAll(where: expired)
+            for connection in old { retire(connection, from: lane) }
         }
     }
 

@@ -70,6 +70,9 @@ final class ProxyRuntime: @unchecked Sendable {
     private(set) var loopStats: [ObjectIdentifier: LoopStats] = [:]
     /// Sessions still logging in, per event loop; filled with the pools.
     private(set) var loginWatches: [ObjectIdentifier: LoginWatch<ClientSession>] = [:]
+    /// Sessions inside a transaction, per event loop (idle_transaction_timeout_seconds); filled
+    /// with the pools.
+    private(set) var transactionWatches: [ObjectIdentifier: IdleTransactionWatch<ClientSession>] = [:]
     private(set) var loops: [EventLoop] = []
     /// [pool] size across all loops' pools.
     let poolBudget: PoolBudget
@@ -150,8 +153,14 @@ final class ProxyRuntime: @unchecked Sendable {
             loopStats[ObjectIdentifier(loop)] = LoopStats()
             let watch = LoginWatch<ClientSession>()
             loginWatches[ObjectIdentifier(loop)] = watch
+            let transactions = IdleTransactionWatch<ClientSession>(timeoutSeconds: config.pool.idleTransactionTimeoutSeconds)
+            transactionWatches[ObjectIdentifier(loop)] = transactions
             loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
-                for session in watch.expire(now: .now()) { session.loginTimedOut() }
+                let now = NIODeadline.now()
+                for session in watch.expire(now: now) { session.loginTimedOut() }
+                let (left, expired) = transactions.sweep(now: now)
+                for session in left { session.leftTransactionWatch() }
+                for session in expired { session.idleTransactionTimedOut(seconds: transactions.timeoutSeconds) }
             }
         }
         poolBudget.attach(Array(pools.values))
@@ -180,6 +189,10 @@ final class ProxyRuntime: @unchecked Sendable {
 
     func loginWatch(for loop: EventLoop) -> LoginWatch<ClientSession>? {
         loginWatches[ObjectIdentifier(loop)]
+    }
+
+    func transactionWatch(for loop: EventLoop) -> IdleTransactionWatch<ClientSession>? {
+        transactionWatches[ObjectIdentifier(loop)]
     }
 
     func pool(for loop: EventLoop) -> UpstreamPool? {
@@ -310,6 +323,11 @@ final class ProxyRuntime: @unchecked Sendable {
                 _tenantLeaseLimit.store(fresh.pool.tenantMaxConnections, ordering: .relaxed)
                 for pool in pools.values {
                     pool.eventLoop.execute { pool.configure(fresh.pool) }
+                }
+                let idleTransactionTimeout = fresh.pool.idleTransactionTimeoutSeconds
+                for loop in loops {
+                    guard let watch = transactionWatch(for: loop) else { continue }
+                    loop.execute { watch.timeoutSeconds = idleTransactionTimeout }
                 }
                 logger.info("configuration reloaded")
             } catch {

@@ -228,6 +228,10 @@ final class ClientSession: UpstreamConnectionOwner {
     private var transactionStatus: TransactionStatus = .idle
     /// The client said goodbye: the upstream closing next is expected, not an error.
     private var clientTerminated = false
+    /// ReadyForQuery messages relayed (the idle-transaction watch compares them between sweeps).
+    private var cycles: UInt64 = 0
+    /// In its loop's IdleTransactionWatch.
+    private var inTransactionWatch = false
 
     static let trackedParameters: Set<String> = TransactionModeGuard.trackedParameters
 
@@ -2095,6 +2099,10 @@ final class ClientSession: UpstreamConnectionOwner {
     private func readyForQuery(status byte: UInt8?) -> CycleNote {
         let status = byte.flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
+        cycles &+= 1
+        if status != .idle, !inTransactionWatch, let watch = runtime.transactionWatch(for: client.eventLoop) {
+            inTransactionWatch = watch.join(self)
+        }
         // One note outstanding is the usual case: removeLast takes it without removeFirst's
         // shifting (Array.replaceSubrange, ~150 instructions a transaction).
         let note = replies.readyForQuery() ?? .plain
@@ -2187,6 +2195,22 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Ends the session at once (drain timeout).
     func terminate() {
         fail(.shuttingDown)
+    }
+
+    /// The loop's IdleTransactionWatch let this session go (its transaction ended, or the
+    /// timeout was turned off).
+    func leftTransactionWatch() {
+        inTransactionWatch = false
+    }
+
+    /// Idle inside a transaction for `[pool] idle_transaction_timeout_seconds`: FATAL 25P03, as
+    /// PostgreSQL's idle_in_transaction_session_timeout. The upstream connection is closed with
+    /// the transaction open (never lent again), so the server rolls it back.
+    func idleTransactionTimedOut(seconds: Int) {
+        inTransactionWatch = false
+        guard transactionActivity.inTransaction, !transactionActivity.busy else { return }
+        logger.info("ended client idle in transaction", metadata: ["timeout_seconds": "\(seconds)"])
+        fail(.idleTransactionTimeout(seconds: seconds))
     }
 
     // MARK: - Admin console
@@ -2365,5 +2389,12 @@ final class ClientSession: UpstreamConnectionOwner {
             }
         }
         client.close(promise: nil)
+    }
+}
+
+extension ClientSession: IdleTransactionMember {
+    var transactionActivity: TransactionActivity {
+        TransactionActivity(inTransaction: phase == .relaying && transactionStatus != .idle,
+                            busy: awaitingReply || clientPending != nil, cycles: cycles)
     }
 }

@@ -70,6 +70,14 @@ struct ProxyError: Error, Equatable, CustomStringConvertible {
         severity: .fatal, sqlState: "53300", message: "sorry, too many clients already",
         hint: "Raise server.max_client_connections or close idle connections.")
 
+    /// As PostgreSQL's idle_in_transaction_session_timeout.
+    static func idleTransactionTimeout(seconds: Int) -> ProxyError {
+        ProxyError(severity: .fatal, sqlState: "25P03", message: "terminating connection due to idle-in-transaction timeout",
+                   detail: "The client sent nothing inside its transaction for \(seconds) second\(seconds == 1 ? "" : "s"); "
+                       + "the transaction was rolled back.",
+                   hint: "Commit or roll back transactions promptly; the limit is pool.idle_transaction_timeout_seconds.")
+    }
+
     /// As PostgreSQL's authentication_timeout ("canceling authentication due to timeout").
     static func loginTimeout(seconds: Int) -> ProxyError {
         ProxyError(severity: .fatal, sqlState: "57014", message: "canceling authentication due to timeout",

@@ -104,6 +104,8 @@ final class AdminConfigRowsTests: XCTestCase {
         size = 7
         max_client_wait_seconds = 6
         idle_timeout_seconds = 40
+        server_lifetime_seconds = 600
+        idle_transaction_timeout_seconds = 20
         tenant_max_connections = 3
         tenant_max_clients = 50
         track_extra_parameters = ["work_mem"]
@@ -182,5 +184,7 @@ final class AdminConfigRowsTests: XCTestCase {
         XCTAssertEqual(fresh.jwt, running.jwt)
         XCTAssertEqual(fresh.pool.idleTimeoutSeconds, running.pool.idleTimeoutSeconds)
         XCTAssertEqual(fresh.pool.size, 7, "a reloadable key takes the new value")
+        XCTAssertEqual(fresh.pool.serverLifetimeSeconds, 600)
+        XCTAssertEqual(fresh.pool.idleTransactionTimeoutSeconds, 20)
     }
 }
