@@ -150,8 +150,15 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: 
 
 
 def tcp_nodelay_by_socket(pid: int) -> dict[str, int]:
-    """TCP_NODELAY of each TCP socket process `pid` holds ("local -> peer": 0 or 1), read from
-    copies of its descriptors (pidfd_getfd: root, or the process is our child)."""
+    """TCP_NODELAY of each TCP socket process `pid` holds ("local -> peer": 0 or 1)."""
+    return {name: values[0] for name, values in
+            socket_options_by_socket(pid, [(socket.IPPROTO_TCP, socket.TCP_NODELAY)]).items()}
+
+
+def socket_options_by_socket(pid: int, options: list[tuple[int, int]]) -> dict[str, tuple[int, ...]]:
+    """The values of `options` ((level, name) pairs) on each TCP socket process `pid` holds
+    ("local -> peer" or "local (listening)"), read from copies of its descriptors (pidfd_getfd:
+    root, or the process is our child)."""
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(pid)
     found: dict[str, int] = {}
@@ -175,11 +182,12 @@ def tcp_nodelay_by_socket(pid: int) -> dict[str, int]:
                 continue
             try:
                 if s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM:
+                    values = tuple(s.getsockopt(level, name) for level, name in options)
                     with contextlib.suppress(OSError):
                         peer = s.getpeername()
-                        found[f"{s.getsockname()} -> {peer}"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                        found[f"{s.getsockname()} -> {peer}"] = values
                         continue
-                    found[f"{s.getsockname()} (listening)"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                    found[f"{s.getsockname()} (listening)"] = values
             finally:
                 s.close()
     finally:

@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -694,6 +695,30 @@ def test_proxy_running_as_an_unprivileged_user_serves_clients(pg, db, proxy_user
     finally:
         p.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+KEEPALIVE_OPTIONS = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE), (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                     (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), (socket.IPPROTO_TCP, socket.TCP_KEEPCNT)]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_client_and_upstream_sockets_keep_alive(pg, db, make_proxy, mode):
+    """[server] tcp_keepalive_* (as PostgreSQL's tcp_keepalives_*): the client's socket (set on
+    the listener, inherited) and the upstream one carry SO_KEEPALIVE and the timings given, so a
+    peer that vanished without a FIN is found; tcp_keepalive = false leaves both without."""
+    timings = {"tcp_keepalive_idle_seconds": 45, "tcp_keepalive_interval_seconds": 7,
+               "tcp_keepalive_count": 4}
+    for server, expected in (({**timings}, (1, 45, 7, 4)), ({"tcp_keepalive": False}, (0,))):
+        p = make_proxy(extra={"server": server, "pool": {"mode": mode, "size": 2}})
+        with psycopg.connect(p.dsn(db), connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            sockets = h.socket_options_by_socket(p.pid, KEEPALIVE_OPTIONS)
+            connected = {name: values for name, values in sockets.items() if "->" in name}
+            upstream = [name for name in connected if name.endswith(f", {pg.port})")]
+            assert upstream and len(connected) > len(upstream), sockets
+            for name, values in sockets.items():
+                assert values[:len(expected)] == expected, (name, values, server)
+        p.terminate()
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:

@@ -14,10 +14,22 @@ struct ProxyConfig: Sendable {
         var eventLoopThreads = 0
         /// SO_REUSEPORT on the listener: several instances share one port (rolling restarts).
         var reusePort = false
+        /// TCP keepalive on client and upstream sockets (0: the system's timing).
+        var keepalive = Keepalive()
         /// 1-255 when several instances run (it is written into cancel keys); 0 = alone.
         var instanceID = 0
         /// A port of this instance alone for cancel requests forwarded by peers (0 = none).
         var cancelPort = 0
+    }
+
+    /// SO_KEEPALIVE and its timings, as PostgreSQL's tcp_keepalives_* and PgBouncer's tcp_keep*:
+    /// a client or server that vanished without a FIN (a laptop closed, a NAT entry dropped, a
+    /// host powered off) is found and its connection closed instead of held for ever.
+    struct Keepalive: Sendable, Equatable {
+        var enabled = true
+        var idleSeconds = 0
+        var intervalSeconds = 0
+        var count = 0
     }
 
     /// Another instance behind the same address: cancel requests carrying its id go there.
@@ -207,6 +219,11 @@ struct ProxyConfig: Sendable {
         config.server.eventLoopThreads = reader.int(
             "server", "event_loop_threads", default: config.server.eventLoopThreads, range: 0...256)
         config.server.reusePort = reader.bool("server", "reuse_port", default: false)
+        config.server.keepalive.enabled = reader.bool("server", "tcp_keepalive", default: true)
+        config.server.keepalive.idleSeconds = reader.int("server", "tcp_keepalive_idle_seconds", default: 0, range: 0...32_767)
+        config.server.keepalive.intervalSeconds = reader.int(
+            "server", "tcp_keepalive_interval_seconds", default: 0, range: 0...32_767)
+        config.server.keepalive.count = reader.int("server", "tcp_keepalive_count", default: 0, range: 0...127)
         config.server.instanceID = reader.int("server", "instance_id", default: 0, range: 0...255)
         config.server.cancelPort = reader.int("server", "cancel_port", default: 0, range: 0...65535)
         config.peers = readPeers(reader: &reader, instanceID: config.server.instanceID)

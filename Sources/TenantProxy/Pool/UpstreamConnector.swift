@@ -12,7 +12,8 @@ enum UpstreamConnector {
     }
 
     static func connect(
-        on eventLoop: EventLoop, config: ProxyConfig.Upstream, tls: NIOSSLContext?, handler: ChannelHandler
+        on eventLoop: EventLoop, config: ProxyConfig.Upstream, keepalive: ProxyConfig.Keepalive, tls: NIOSSLContext?,
+        handler: ChannelHandler
     ) -> EventLoopFuture<Channel> {
         let negotiate = config.tls != .disable && tls != nil
         guard negotiate else {
@@ -20,6 +21,7 @@ enum UpstreamConnector {
             // would set SO_DEBUG, which only root may: every connect failed under a service user.
             return ClientBootstrap(group: eventLoop)
                 .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .channelOptions(keepalive.socketOptions)
                 .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
                 .channelInitializer { channel in channel.pipeline.addHandler(handler) }
                 .connect(host: config.host, port: config.port)
@@ -29,6 +31,7 @@ enum UpstreamConnector {
             mode: config.tls, context: tls, serverHostname: serverHostname(config), done: promise)
         let connected = ClientBootstrap(group: eventLoop)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .channelOptions(keepalive.socketOptions)
             .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
             .channelInitializer { channel in channel.pipeline.addHandlers([negotiator, handler]) }
             .connect(host: config.host, port: config.port)

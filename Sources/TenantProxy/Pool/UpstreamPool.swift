@@ -565,7 +565,7 @@ final class UpstreamPool {
         }
         let handler = UpstreamConnectionHandler()
         handler.loginOwner = login
-        UpstreamConnector.connect(on: eventLoop, config: config, tls: runtime.tls.upstream, handler: handler)
+        UpstreamConnector.connect(on: eventLoop, config: config, keepalive: runtime.config.server.keepalive, tls: runtime.tls.upstream, handler: handler)
             .whenComplete { [runtime] result in
                 switch result {
                 case .success(let channel):

@@ -281,6 +281,11 @@ final class ProxyRuntime: @unchecked Sendable {
         keep(\.server.listenPort, "server.listen_port")
         keep(\.server.eventLoopThreads, "server.event_loop_threads")
         keep(\.server.reusePort, "server.reuse_port")
+        // Set on the listeners (which accepted sockets inherit) and on each upstream connect.
+        keep(\.server.keepalive.enabled, "server.tcp_keepalive")
+        keep(\.server.keepalive.idleSeconds, "server.tcp_keepalive_idle_seconds")
+        keep(\.server.keepalive.intervalSeconds, "server.tcp_keepalive_interval_seconds")
+        keep(\.server.keepalive.count, "server.tcp_keepalive_count")
         keep(\.server.instanceID, "server.instance_id")
         keep(\.server.cancelPort, "server.cancel_port")
         keep(\.server.maxClientConnections, "server.max_client_connections")

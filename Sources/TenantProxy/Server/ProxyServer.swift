@@ -90,6 +90,8 @@ final class ProxyServer: @unchecked Sendable {
             // SO_DEBUG, which only root may, and failed every connection under a service user.
             .serverChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .serverChannelOption(Self.deferAccept, value: Self.deferAcceptSeconds)
+            // Inherited by accepted sockets too (no setsockopt per connection).
+            .serverChannelOptions(runtime.config.server.keepalive.socketOptions)
             .childChannelInitializer { channel in
                 // Options and handler set synchronously: as child channel options they went through
                 // a chain of futures on every accepted connection.

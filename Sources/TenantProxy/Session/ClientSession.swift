@@ -653,7 +653,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let key = PoolKey(cluster: config.name, user: role.user, database: binding.upstreamDatabase)
         poolKey = key
 
-        UpstreamConnector.connect(on: client.eventLoop, config: config, tls: runtime.tls.upstream, handler: handler)
+        UpstreamConnector.connect(on: client.eventLoop, config: config, keepalive: runtime.config.server.keepalive, tls: runtime.tls.upstream, handler: handler)
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):

@@ -35,6 +35,10 @@ final class AdminConfigRowsTests: XCTestCase {
         shutdown_timeout_seconds = 7
         event_loop_threads = 3
         reuse_port = true
+        tcp_keepalive = false
+        tcp_keepalive_idle_seconds = 30
+        tcp_keepalive_interval_seconds = 5
+        tcp_keepalive_count = 3
         instance_id = 1
         cancel_port = 7433
 
