@@ -84,9 +84,9 @@ final class UpstreamConnection {
     let openedAt = Date()
     /// When it was opened, for `[pool] server_lifetime_seconds`.
     let opened: NIODeadline = .now()
-    /// Up to a tenth of the lifetime taken off this connection's (in ten-thousandths), so that
+    /// Up to a tenth of the lifetime taken off this connection's (in 16,384ths), so that
     /// connections opened together are not all closed, and opened again, together.
-    private let lifetimeSlack = Int64.random(in: 0..<1_000)
+    private let lifetimeSlack = Int64.random(in: 0..<1_638)
     /// Where cancel requests for this connection go (the server's address).
     var cancelHost = ""
     var cancelPort = 0
@@ -105,7 +105,7 @@ final class UpstreamConnection {
 
     /// Whether the connection has lived longer than `lifetime` nanoseconds (less its slack) at `now`.
     func outlived(_ lifetime: Int64, at now: NIODeadline) -> Bool {
-        (now - opened).nanoseconds >= lifetime - lifetime / 10_000 * lifetimeSlack
+        (now - opened).nanoseconds >= lifetime - (lifetime >> 14) * lifetimeSlack
     }
 
     init(channel: Channel, key: PoolKey, lane: UpstreamPool.Lane? = nil) {

@@ -2100,9 +2100,7 @@ final class ClientSession: UpstreamConnectionOwner {
         let status = byte.flatMap(TransactionStatus.init(rawValue:)) ?? .idle
         transactionStatus = status
         cycles &+= 1
-        if status != .idle, !inTransactionWatch, let watch = runtime.transactionWatch(for: client.eventLoop) {
-            inTransactionWatch = watch.join(self)
-        }
+        if status != .idle, !inTransactionWatch { joinTransactionWatch() }
         // One note outstanding is the usual case: removeLast takes it without removeFirst's
         // shifting (Array.replaceSubrange, ~150 instructions a transaction).
         let note = replies.readyForQuery() ?? .plain
@@ -2195,6 +2193,13 @@ final class ClientSession: UpstreamConnectionOwner {
     /// Ends the session at once (drain timeout).
     func terminate() {
         fail(.shuttingDown)
+    }
+
+    /// Out of line: the relay's ReadyForQuery path stays small enough to be inlined.
+    @inline(never)
+    private func joinTransactionWatch() {
+        guard let watch = runtime.transactionWatch(for: client.eventLoop) else { return }
+        inTransactionWatch = watch.join(self)
     }
 
     /// The loop's IdleTransactionWatch let this session go (its transaction ended, or the
