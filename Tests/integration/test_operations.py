@@ -105,7 +105,7 @@ def test_show_commands_return_result_sets(oproxy):
 
         config = {r["key"]: r for r in ops.show(p, "CONFIG")}
         assert config["pool.mode"]["value"] == "transaction"
-        assert config["pool.mode"]["changeable"] == "restart"
+        assert config["pool.mode"]["changeable"] == "yes"
         assert config["upstream.password"]["value"] == "(set)"
         all_config = ops.admin(p, "SHOW CONFIG").stdout
         assert ts.PROXY_PW not in all_config and ts.OWNER_PW not in all_config

@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -1691,3 +1692,77 @@ def test_server_lifetime_closes_old_connections_between_transactions(make_proxy,
                       "the old connection to close once returned")
         second = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         assert second != first
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. pool mode per user and per database
+
+
+def _users_map(proxy_users: dict[str, str], pool_modes: dict[str, str]) -> str:
+    text = ""
+    for name, verifier in proxy_users.items():
+        text += f"[users.{h.toml_str(name)}]\npassword = {h.toml_str(verifier)}\nmode = \"global\"\n"
+        if name in pool_modes:
+            text += f"pool_mode = {h.toml_str(pool_modes[name])}\n"
+        text += "\n"
+    return text
+
+
+def _pool_rows(p, db_names: set[str]) -> set[tuple[str, str]]:
+    """(database, pool_mode) of SHOW POOLS rows for these databases (alice is an admin)."""
+    with h.RawConn(p.host, p.port) as admin:
+        admin.startup("alice", "alicepw", "proxy")
+        return {(row[1], row[9]) for row in admin.query("SHOW POOLS") if row[1] in db_names}
+
+
+@pytest.mark.timeout_s(180)
+def test_pool_mode_per_user_and_per_database(make_proxy, pg, db, proxy_users):
+    """[pool] mode = transaction, bob's pool_mode = session (tenant map), and a database listed
+    in [pool.database_modes] as session: each client gets its user's mode, else its database's,
+    else the pool's, in one proxy over one upstream role; a reload changes the mode of new
+    sessions only."""
+    reports = pg.create_database()
+    extra = ps.pool_extra(size=1, max_client_wait_seconds=60)
+    extra["pool.database_modes"] = {reports: "session"}
+    extra["admin"] = {"users": ["alice"]}
+    p = make_proxy(extra=extra, start=False)
+    map_path = p.dir / p.config["tenancy"]["map_file"]
+    map_path.write_text(_users_map(proxy_users, {"bob": "session"}))
+    p.start()
+
+    def pid(conn) -> int:
+        return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    a1 = ps.psycopg_connect(p, db)
+    a2 = ps.psycopg_connect(p, db)
+    bob = ps.psycopg_connect(p, db, user="bob", password="bobpw")
+    reporter = ps.psycopg_connect(p, reports)
+    with ps.closing_all([a1, a2, bob, reporter]):
+        # alice on db: transaction mode, both clients on the one pooled connection
+        shared = pid(a1)
+        assert pid(a2) == shared
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a1.execute("CREATE TEMP TABLE scratch (x int)")
+        # bob: session mode by his user, whatever the database; a connection of his own
+        bob.execute("CREATE TEMP TABLE scratch (x int)")
+        bob.execute("INSERT INTO scratch VALUES (7)")
+        bob.execute("LISTEN bob_channel")
+        own = pid(bob)
+        assert own != shared
+        assert bob.execute("SELECT x FROM scratch").fetchone()[0] == 7 and pid(bob) == own
+        # alice on the database listed as session: session mode
+        reporter.execute("CREATE TEMP TABLE scratch (y int)")
+        assert reporter.execute("SELECT count(*) FROM scratch").fetchone()[0] == 0
+        assert pid(a1) == shared and pid(a2) == shared, "the pooled clients still share one"
+        assert _pool_rows(p, {db, reports}) >= {(db, "transaction"), (db, "session"), (reports, "session")}
+
+        # bob's mode changed in the map: his new sessions pool per transaction, his old one keeps
+        # its mode (and its temporary table)
+        map_path.write_text(_users_map(proxy_users, {"bob": "transaction"}))
+        os.kill(p.pid, signal.SIGHUP)
+        ps.wait_until(lambda: "tenant map reloaded" in p.stderr(), 30, "the map reload")
+        with ps.psycopg_connect(p, db, user="bob", password="bobpw") as bob2:
+            assert pid(bob2) == shared
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                bob2.execute("CREATE TEMP TABLE scratch2 (x int)")
+        assert bob.execute("SELECT x FROM scratch").fetchone()[0] == 7 and pid(bob) == own

@@ -56,7 +56,9 @@ enum AdminConfigRows {
             add("\(section).tls_ca_file", cluster.tlsCAFile, reloadable: true)
             add("\(section).tls_server_name", cluster.tlsServerName, reloadable: true)
         }
-        add("pool.mode", config.pool.mode.rawValue, reloadable: false)
+        add("pool.mode", config.pool.mode.rawValue, reloadable: true)
+        add("pool.database_modes", config.pool.databaseModes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value.rawValue)" }
+            .joined(separator: ","), reloadable: true)
         add("pool.size", config.pool.size, reloadable: true)
         add("pool.max_client_wait_seconds", config.pool.maxClientWaitSeconds, reloadable: true)
         add("pool.idle_timeout_seconds", config.pool.idleTimeoutSeconds, reloadable: false)

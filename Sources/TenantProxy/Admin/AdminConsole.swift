@@ -355,28 +355,33 @@ final class AdminConsole {
 
     private static func poolRows(runtime: ProxyRuntime, views: [LoopView]) -> [BackendMessage] {
         struct Row { var active = 0, waiting = 0, serverActive = 0, serverIdle = 0, open = 0; var maxWait = 0.0 }
-        var rows: [PoolKey: Row] = [:]
+        /// One row per upstream role and database and pool mode: clients of one role may be pooled
+        /// per transaction or hold a connection each (per user or database mode).
+        struct RowKey: Hashable { var key: PoolKey; var mode: String }
+        var rows: [RowKey: Row] = [:]
         for view in views {
             for pool in view.pools {
-                rows[pool.key, default: Row()].waiting += pool.waiting
-                rows[pool.key, default: Row()].serverIdle += pool.idle
-                rows[pool.key, default: Row()].open += pool.open
-                rows[pool.key]!.maxWait = max(rows[pool.key]!.maxWait, pool.oldestWaitSeconds)
+                let row = RowKey(key: pool.key, mode: "transaction")
+                rows[row, default: Row()].waiting += pool.waiting
+                rows[row, default: Row()].serverIdle += pool.idle
+                rows[row, default: Row()].open += pool.open
+                rows[row]!.maxWait = max(rows[row]!.maxWait, pool.oldestWaitSeconds)
             }
             for client in view.clients where client.hasConnection {
                 guard let key = client.poolKey else { continue }
-                rows[key, default: Row()].active += 1
-                rows[key, default: Row()].serverActive += 1
+                let row = RowKey(key: key, mode: client.poolMode)
+                rows[row, default: Row()].active += 1
+                rows[row, default: Row()].serverActive += 1
             }
         }
-        let config = runtime.config
         let paused = runtime.pausedTargets
-        let list: [[String?]] = rows.keys.sorted { ($0.cluster, $0.database, $0.user) < ($1.cluster, $1.database, $1.user) }.map { key in
-            let row = rows[key]!
-            let open = config.pool.mode == .transaction ? row.open : row.serverActive
+        let order = rows.keys.sorted { ($0.key.cluster, $0.key.database, $0.key.user, $0.mode) < ($1.key.cluster, $1.key.database, $1.key.user, $1.mode) }
+        let list: [[String?]] = order.map { rowKey in
+            let (key, row) = (rowKey.key, rows[rowKey]!)
+            let open = rowKey.mode == "transaction" ? row.open : row.serverActive
             let isPaused = paused.contains(.all) || paused.contains(.cluster(key.cluster))
             return [key.cluster, key.database, key.user, "\(row.active)", "\(row.waiting)", "\(row.serverActive)", "\(row.serverIdle)",
-                    "\(open)", String(format: "%.3f", row.maxWait), config.pool.mode.rawValue, isPaused ? "yes" : "no"]
+                    "\(open)", String(format: "%.3f", row.maxWait), rowKey.mode, isPaused ? "yes" : "no"]
         }
         return resultSet(columns: [("cluster", .text), ("database", .text), ("user", .text), ("cl_active", .int), ("cl_waiting", .int),
                                    ("sv_active", .int), ("sv_idle", .int), ("sv_open", .int), ("maxwait", .float), ("pool_mode", .text),

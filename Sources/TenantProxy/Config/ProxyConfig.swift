@@ -103,7 +103,16 @@ struct ProxyConfig: Sendable {
 
     struct Pool: Sendable {
         enum Mode: String, Sendable { case session, transaction }
+        /// For clients whose user (tenant map `pool_mode`) and database (`databaseModes`) name none.
         var mode: Mode = .session
+        /// `[pool.database_modes]`: the mode of clients connecting to a database name, as
+        /// PgBouncer's per-database pool_mode.
+        var databaseModes: [String: Mode] = [:]
+
+        /// A client's pool mode: its user's, else its database's, else `mode` (PgBouncer's order).
+        func mode(user: TenantUser?, database: String) -> Mode {
+            user?.poolMode ?? databaseModes[database] ?? mode
+        }
         /// Upstream connections per (role, database), across all event loops (transaction mode).
         var size = 20
         var maxClientWaitSeconds = 30
@@ -304,6 +313,14 @@ struct ProxyConfig: Sendable {
             config.pool.mode = parsed
         } else {
             reader.problem("pool.mode", "must be session or transaction (got \(mode))", fix: "mode = \"transaction\"")
+        }
+        for (database, raw) in reader.stringTable("pool", "database_modes") {
+            if let parsed = Pool.Mode(rawValue: raw) {
+                config.pool.databaseModes[database] = parsed
+            } else {
+                reader.problem("pool.database_modes.\(database)", "must be session or transaction (got \(raw))",
+                               fix: "\(database) = \"session\"")
+            }
         }
         config.pool.size = reader.int("pool", "size", default: config.pool.size, range: 1...10_000)
         config.pool.maxClientWaitSeconds = reader.int(

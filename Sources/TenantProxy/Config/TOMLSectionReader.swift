@@ -107,6 +107,24 @@ struct TOMLSectionReader {
         return array
     }
 
+    /// A table of strings (`[section.key]` with `name = "value"` lines, or an inline table).
+    mutating func stringTable(_ section: String, _ key: String) -> [String: String] {
+        guard let raw = value(section, key) else { return [:] }
+        guard let table = raw.table else {
+            problem(Self.dotted(section, key), "must be a table of strings", fix: "write [\(section).\(key)] with name = \"value\" lines")
+            return [:]
+        }
+        var result: [String: String] = [:]
+        for name in table.keys {
+            guard let text = table[name]?.string else {
+                problem("\(Self.dotted(section, key)).\(name)", "must be a string", fix: "quote the value")
+                continue
+            }
+            result[name] = text
+        }
+        return result
+    }
+
     mutating func stringArray(_ section: String, _ key: String, default defaultValue: [String]) -> [String] {
         guard let raw = value(section, key) else { return defaultValue }
         guard let array = raw.array else {

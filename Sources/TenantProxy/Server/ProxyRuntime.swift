@@ -289,7 +289,6 @@ final class ProxyRuntime: @unchecked Sendable {
         keep(\.server.instanceID, "server.instance_id")
         keep(\.server.cancelPort, "server.cancel_port")
         keep(\.server.maxClientConnections, "server.max_client_connections")
-        keep(\.pool.mode, "pool.mode")
         // Each loop's pool schedules its idle sweep once, at start.
         keep(\.pool.idleTimeoutSeconds, "pool.idle_timeout_seconds")
         // The transaction-mode guards are made once, at start.

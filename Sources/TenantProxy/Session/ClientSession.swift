@@ -105,7 +105,8 @@ final class ClientSession: UpstreamConnectionOwner {
             }
         }
     }
-    private let transactionPooling: Bool
+    /// Set at log-in from the user's, database's or [pool] mode.
+    private var transactionPooling: Bool
 
     private var frontendDecoder: PGFrontendDecoder
     /// `[server] max_message_bytes` as it was when the client connected: the longest message
@@ -526,6 +527,7 @@ final class ClientSession: UpstreamConnectionOwner {
             return
         }
         seenMapGeneration = runtime.mapGeneration
+        transactionPooling = runtime.config.pool.mode(user: runtime.map[user: user], database: databaseName) == .transaction
         var sources: [(TenantSource, String)] = []
         if let tenant = token?.tenant { sources.append((.jwt, tenant)) }
         let domain = runtime.config.tls.sniDomain

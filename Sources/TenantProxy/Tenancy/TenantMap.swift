@@ -44,6 +44,9 @@ struct TenantUser: Sendable {
     /// Client-certificate CN or SAN values that log in as this user (default: the user name).
     var certificateNames: [String] = []
     var mode: Mode = .pinned
+    /// Session or transaction pooling for this user's clients, whatever their database
+    /// (nil: the database's mode, else [pool] mode).
+    var poolMode: ProxyConfig.Pool.Mode?
     /// Tenant names, ids or aliases, as written; `["*"]` = any tenant.
     var tenants: [String] = []
     var userID: String?
@@ -177,7 +180,7 @@ struct TenantMap: Sendable {
     }
 
     private static let tenantKeys: Set<String> = ["id", "aliases", "status", "isolation", "schema", "database", "databases", "upstream"]
-    private static let userKeys: Set<String> = ["password", "mode", "tenants", "user_id", "md5", "auth", "require_tls", "cert_names"]
+    private static let userKeys: Set<String> = ["password", "mode", "tenants", "user_id", "md5", "auth", "require_tls", "cert_names", "pool_mode"]
 
     private static func parseTenant(name: String, entry: TOMLTable, problems: inout [ConfigProblem]) -> Tenant? {
         let key = "tenants.\(name)"
@@ -280,6 +283,14 @@ struct TenantMap: Sendable {
                 return nil
             }
             user.mode = mode
+        }
+        if let raw = entry["pool_mode"] {
+            guard let text = raw.string, let mode = ProxyConfig.Pool.Mode(rawValue: text) else {
+                problems.append(ConfigProblem(key: "\(key).pool_mode", problem: "must be session or transaction",
+                                              fix: "pool_mode = \"session\""))
+                return nil
+            }
+            user.poolMode = mode
         }
         user.tenants = strings(entry["tenants"], key: "\(key).tenants", problems: &problems)
         if let userID = entry["user_id"]?.string {

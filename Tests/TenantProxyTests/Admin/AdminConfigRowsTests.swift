@@ -114,6 +114,9 @@ final class AdminConfigRowsTests: XCTestCase {
         tenant_max_clients = 50
         track_extra_parameters = ["work_mem"]
 
+        [pool.database_modes]
+        reporting = "session"
+
         [log]
         level = "debug"
         format = "json"

@@ -248,6 +248,49 @@ final class ProxyConfigTests: XCTestCase {
         }
     }
 
+    func testPoolModeComesFromTheUserThenTheDatabaseThenThePoolSection() throws {
+        let config = try parse("""
+            [pool]
+            mode = "transaction"
+
+            [pool.database_modes]
+            reporting = "session"
+            app = "transaction"
+            """)
+        XCTAssertEqual(config.pool.databaseModes, ["reporting": .session, "app": .transaction])
+        let map = try TenantMap.parse("""
+            [users.batch]
+            mode = "global"
+            auth = "trust"
+            pool_mode = "session"
+            [users.web]
+            mode = "global"
+            auth = "trust"
+            pool_mode = "transaction"
+            [users.plain]
+            mode = "global"
+            auth = "trust"
+            """, file: "tenants.toml")
+        let (batch, web, plain) = (map[user: "batch"], map[user: "web"], map[user: "plain"])
+        XCTAssertEqual(batch?.poolMode, .session)
+        XCTAssertNil(plain?.poolMode)
+        XCTAssertEqual(config.pool.mode(user: plain, database: "app"), .transaction)
+        XCTAssertEqual(config.pool.mode(user: plain, database: "reporting"), .session, "the database's mode")
+        XCTAssertEqual(config.pool.mode(user: plain, database: "other"), .transaction, "[pool] mode")
+        XCTAssertEqual(config.pool.mode(user: batch, database: "app"), .session, "the user's mode wins")
+        XCTAssertEqual(config.pool.mode(user: web, database: "reporting"), .transaction, "the user's mode wins")
+        XCTAssertEqual(config.pool.mode(user: nil, database: "reporting"), .session)
+    }
+
+    func testBadPoolModesAreReported() throws {
+        let found = problems("[pool.database_modes]\nreporting = \"statement\"\nother = 3\n")
+        XCTAssertEqual(Set(found.map(\.key)), ["pool.database_modes.reporting", "pool.database_modes.other"])
+        XCTAssertEqual(problems("[pool]\ndatabase_modes = \"session\"\n").map(\.key), ["pool.database_modes"])
+        XCTAssertThrowsError(try TenantMap.parse("[users.x]\nmode = \"global\"\nauth = \"trust\"\npool_mode = \"statement\"\n", file: "t")) { error in
+            XCTAssertEqual((error as? ConfigError)?.problems.map(\.key), ["users.x.pool_mode"])
+        }
+    }
+
     // MARK: - Unknown keys
 
     func testUnknownKeyIsReportedWithItsDottedName() throws {
