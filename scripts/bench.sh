@@ -30,6 +30,7 @@
 #                          run of each target, and a table gives every round's ratio to PgBouncer
 #   BENCH_CALLGRIND=N      run tenant-proxy (transaction mode) under valgrind --tool=callgrind, N
 #                          transactions per client per cell: its instructions per transaction
+#   BENCH_UPSTREAM_SOCKET=1  both poolers reach PostgreSQL by its Unix-domain socket, not TCP
 #   BENCH_SKIP_BUILD=1     no build: use $TENANT_PROXY_BIN, default .build-bench/release/tenant-proxy
 # Needs: root or the postgres OS user's rights (Postgres and PgBouncer run as `postgres`),
 # Debian's postgresql-15 (initdb, pg_ctl, pgbench, psql), pgbouncer (installed if missing),

@@ -1766,3 +1766,32 @@ def test_pool_mode_per_user_and_per_database(make_proxy, pg, db, proxy_users):
             with pytest.raises(psycopg.errors.FeatureNotSupported):
                 bob2.execute("CREATE TEMP TABLE scratch2 (x int)")
         assert bob.execute("SELECT x FROM scratch").fetchone()[0] == 7 and pid(bob) == own
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. upstream over a Unix-domain socket
+
+
+@pytest.mark.timeout_s(120)
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_upstream_by_unix_domain_socket(make_proxy, pg, db, mode):
+    """[upstream] host = a socket directory (libpq's rule: a leading "/"): the proxy reaches
+    PostgreSQL through `<dir>/.s.PGSQL.<port>`, in both modes, and a cancel request travels the
+    same way to the backend running the query."""
+    extra = ps.pool_extra(mode=mode, size=2)
+    extra["upstream"] = {"host": str(pg.sock)}
+    p = make_proxy(extra=extra)
+    with ps.psycopg_connect(p, db) as c, ps.psycopg_connect(p, db) as other:
+        row = c.execute("SELECT client_addr IS NULL, client_port FROM pg_stat_activity "
+                        "WHERE pid = pg_backend_pid()").fetchone()
+        assert row == (True, -1), "a Unix-domain socket connection has no address or port"
+        marker = f"unix_cancel_{mode}"
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(lambda: c.execute(f"SELECT pg_sleep(60) /* {marker} */"))
+            ps.wait_until(lambda: any(q[1] == "active" for q in pg.active_queries(marker)), 30,
+                          "the query to run")
+            c.cancel()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                fut.result(timeout=60)
+        assert c.execute("SELECT 3").fetchone()[0] == 3
+        assert other.execute("SELECT 4").fetchone()[0] == 4

@@ -109,6 +109,9 @@ CALLGRIND = env_int("BENCH_CALLGRIND", 0)
 # a target, not one run.
 ROUNDS = max(1, env_int("BENCH_ROUNDS", 1))
 PROXY_THREADS = env_int("BENCH_PROXY_THREADS", 0)   # tenant-proxy event_loop_threads (0 = one per core)
+# BENCH_UPSTREAM_SOCKET=1: both poolers reach PostgreSQL through its Unix-domain socket (as when
+# they run on the database host) instead of TCP on 127.0.0.1.
+UPSTREAM_SOCKET = os.environ.get("BENCH_UPSTREAM_SOCKET", "") not in ("", "0")
 RUN_PGBENCH = os.environ.get("BENCH_PGBENCH", "1") != "0"   # 0: idle memory only
 PROXY_BIN = Path(os.environ.get("TENANT_PROXY_BIN", REPO / ".build-bench" / "release" / "tenant-proxy"))
 
@@ -461,7 +464,8 @@ class PgBouncer:
         verifier = self.pg.psql(f"select rolpassword from pg_authid where rolname = '{PROXY_ROLE}'",
                                 db="postgres")
         (self.dir / "userlist.txt").write_text(f'"{PROXY_ROLE}" "{verifier}"\n')
-        base = f"host=127.0.0.1 port={self.pg.port} dbname={DB}"
+        host = self.pg.sock if UPSTREAM_SOCKET else "127.0.0.1"
+        base = f"host={host} port={self.pg.port} dbname={DB}"
         dbs = [f"bench_tx = {base} pool_mode=transaction pool_size={POOL_SIZE}",
                f"bench_session = {base} pool_mode=session pool_size={self.session_pool}"]
         per_tenant = max(1, POOL_SIZE // TENANTS)
@@ -553,7 +557,7 @@ map_file = "tenants.toml"
 lookup_upstream = false
 
 [upstream]
-host = "127.0.0.1"
+host = {toml_str(str(self.pg.sock) if self.pg and UPSTREAM_SOCKET else "127.0.0.1")}
 port = {self.pg.port if self.pg else 5432}
 user = {toml_str(PROXY_ROLE)}
 password = {toml_str(PROXY_PW)}

@@ -20,10 +20,10 @@ final class UpstreamQueryClient {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let handler = Handler(machine: UpstreamStartupMachine(user: user, password: password), loop: group.next())
         do {
-            let channel = try ClientBootstrap(group: group)
+            let bootstrap = ClientBootstrap(group: group)
                 .connectTimeout(.seconds(Int64(timeoutSeconds)))
                 .channelInitializer { $0.pipeline.addHandler(handler) }
-                .connect(host: host, port: port).wait()
+            let channel = try UpstreamConnector.connect(bootstrap, host: host, port: port).wait()
             var buffer = channel.allocator.buffer(capacity: 128)
             StartupMessage(parameters: ["user": user, "database": database, "application_name": "tenant-proxy audit"])
                 .encode(into: &buffer)

@@ -393,7 +393,12 @@ struct ProxyConfig: Sendable {
         }
         upstream.tlsCAFile = reader.optionalString(section, "tls_ca_file").map { $0.isEmpty ? "" : resolve($0, against: baseDirectory) } ?? ""
         upstream.tlsServerName = reader.string(section, "tls_server_name", default: "")
-        if upstream.tls == .verifyFull, upstream.tlsCAFile.isEmpty {
+        if upstream.host.hasPrefix("/"), upstream.tls == .require || upstream.tls == .verifyFull {
+            // libpq ignores sslmode on a Unix-domain socket; a configuration that asks for TLS
+            // must not get a connection without it unnoticed.
+            reader.problem("\(section).tls", "TLS is not used on a Unix-domain socket (host \(upstream.host) is a socket directory)",
+                           fix: "use tls = \"prefer\" or \"disable\" with a socket directory, or a host name for TLS")
+        } else if upstream.tls == .verifyFull, upstream.tlsCAFile.isEmpty {
             reader.problem("\(section).tls_ca_file", "verify-full needs the CA that signed the server's certificate",
                            fix: "set tls_ca_file = \"/path/to/ca.crt\"")
         }

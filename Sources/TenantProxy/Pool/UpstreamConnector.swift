@@ -15,6 +15,14 @@ enum UpstreamConnector {
         on eventLoop: EventLoop, config: ProxyConfig.Upstream, keepalive: ProxyConfig.Keepalive, tls: NIOSSLContext?,
         handler: ChannelHandler
     ) -> EventLoopFuture<Channel> {
+        if let path = socketPath(host: config.host, port: config.port) {
+            // A Unix-domain socket: no TCP options, and no TLS (as libpq: the kernel carries the
+            // bytes; check-config refuses tls = require / verify-full with a socket directory).
+            return ClientBootstrap(group: eventLoop)
+                .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
+                .channelInitializer { channel in channel.pipeline.addHandler(handler) }
+                .connect(unixDomainSocketPath: path)
+        }
         let negotiate = config.tls != .disable && tls != nil
         guard negotiate else {
             // TCP_NODELAY at the TCP level (ClientBootstrap's default too); socketOption(.tcp_nodelay)
@@ -47,6 +55,21 @@ enum UpstreamConnector {
                     throw error
                 }
             }
+    }
+
+    /// libpq's rule: a host starting with "/" names the directory of the server's Unix-domain
+    /// socket, `.s.PGSQL.<port>` in it. Nil for a host name or address.
+    static func socketPath(host: String, port: Int) -> String? {
+        guard host.hasPrefix("/") else { return nil }
+        return (host.hasSuffix("/") ? host : host + "/") + ".s.PGSQL.\(port)"
+    }
+
+    /// Connects to `host` (a name, an address or a socket directory) and `port`.
+    static func connect(_ bootstrap: ClientBootstrap, host: String, port: Int) -> EventLoopFuture<Channel> {
+        if let path = socketPath(host: host, port: port) {
+            return bootstrap.connect(unixDomainSocketPath: path)
+        }
+        return bootstrap.connect(host: host, port: port)
     }
 
     /// A DNS name against a certificate name, with a leading `*.` matching one label.

@@ -8,9 +8,8 @@ import PGWire
 enum CancelSender {
     static func send(_ request: CancelRequest, host: String, port: Int, on loop: EventLoop, timeoutSeconds: Int, logger: Logger,
                      what: String) {
-        ClientBootstrap(group: loop)
-            .connectTimeout(.seconds(Int64(timeoutSeconds)))
-            .connect(host: host, port: port)
+        let bootstrap = ClientBootstrap(group: loop).connectTimeout(.seconds(Int64(timeoutSeconds)))
+        UpstreamConnector.connect(bootstrap, host: host, port: port)
             .whenComplete { result in
                 switch result {
                 case .success(let channel):

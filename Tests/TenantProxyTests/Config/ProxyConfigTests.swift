@@ -282,6 +282,19 @@ final class ProxyConfigTests: XCTestCase {
         XCTAssertEqual(config.pool.mode(user: nil, database: "reporting"), .session)
     }
 
+    func testASocketDirectoryHostTakesNoTLSDemand() throws {
+        let config = try parse("[upstream]\nhost = \"/var/run/postgresql\"\nport = 5433\n")
+        XCTAssertEqual(UpstreamConnector.socketPath(host: config.upstream.host, port: config.upstream.port),
+                       "/var/run/postgresql/.s.PGSQL.5433")
+        XCTAssertEqual(UpstreamConnector.socketPath(host: "/tmp/", port: 5432), "/tmp/.s.PGSQL.5432")
+        XCTAssertNil(UpstreamConnector.socketPath(host: "db.example.com", port: 5432))
+        for mode in ["require", "verify-full"] {
+            let found = problems("[upstream]\nhost = \"/tmp\"\ntls = \"\(mode)\"\ntls_ca_file = \"ca.crt\"\n")
+            XCTAssertEqual(found.map(\.key), ["upstream.tls"], mode)
+        }
+        XCTAssertEqual(try parse("[upstream]\nhost = \"/tmp\"\ntls = \"disable\"\n").upstream.tls, .disable)
+    }
+
     func testBadPoolModesAreReported() throws {
         let found = problems("[pool.database_modes]\nreporting = \"statement\"\nother = 3\n")
         XCTAssertEqual(Set(found.map(\.key)), ["pool.database_modes.reporting", "pool.database_modes.other"])
