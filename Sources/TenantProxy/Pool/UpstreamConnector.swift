@@ -29,7 +29,7 @@ enum UpstreamConnector {
             // would set SO_DEBUG, which only root may: every connect failed under a service user.
             return ClientBootstrap(group: eventLoop)
                 .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-            .channelOptions(keepalive.socketOptions)
+                .channelOptions(keepalive.socketOptions)
                 .connectTimeout(.seconds(Int64(config.connectTimeoutSeconds)))
                 .channelInitializer { channel in channel.pipeline.addHandler(handler) }
                 .connect(host: config.host, port: config.port)
