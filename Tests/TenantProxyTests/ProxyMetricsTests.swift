@@ -207,6 +207,18 @@ final class ProxyMetricsTests: XCTestCase {
         XCTAssertEqual(series[#"tenant_proxy_guard_refusals_total{tenant="_global",kind="set_role"}"#], "1")
     }
 
+    func testIdleTransactionTimeoutsAreCountedByTenant() {
+        let metrics = ProxyMetrics(maxTenantLabels: 1)
+        metrics.idleTransactionTimeout(tenant: "acme")
+        metrics.idleTransactionTimeout(tenant: "acme")
+        metrics.idleTransactionTimeout(tenant: "globex")
+        metrics.idleTransactionTimeout(tenant: nil)
+        let series = Series(metrics.render())
+        XCTAssertEqual(series[#"tenant_proxy_idle_transaction_timeouts_total{tenant="acme"}"#], "2")
+        XCTAssertEqual(series[#"tenant_proxy_idle_transaction_timeouts_total{tenant="_other"}"#], "1")
+        XCTAssertEqual(series[#"tenant_proxy_idle_transaction_timeouts_total{tenant="_global"}"#], "1")
+    }
+
     func testContextSwitchesAreCountedFromZero() {
         let metrics = ProxyMetrics(maxTenantLabels: 1)
         XCTAssertEqual(Series(metrics.render())["tenant_proxy_context_switches_total"], "0")

@@ -1608,8 +1608,10 @@ def test_idle_in_transaction_client_ended_and_its_connection_freed(make_proxy, p
     """A client that holds the only pooled connection inside a transaction and sends nothing is
     ended with FATAL 25P03; its transaction is rolled back (its lock freed) and the client that
     waited gets a connection. A client idle between transactions for as long is not touched."""
-    p = make_proxy(extra=ps.pool_extra(size=1, max_client_wait_seconds=60,
-                                       idle_transaction_timeout_seconds=1))
+    metrics_port = h.free_port()
+    p = make_proxy(extra={**ps.pool_extra(size=1, max_client_wait_seconds=60,
+                                          idle_transaction_timeout_seconds=1),
+                          "metrics": {"listen_port": metrics_port}})
     between = ps.psycopg_connect(p, db)
     with contextlib.closing(between), _raw_client(p, db) as holder:
         assert between.execute("SELECT 1").fetchone()[0] == 1
@@ -1630,6 +1632,9 @@ def test_idle_in_transaction_client_ended_and_its_connection_freed(make_proxy, p
         # idle for as long, but between transactions: still served
         assert between.execute("SELECT 2").fetchone()[0] == 2
     assert "ended client idle in transaction" in p.stderr(), proxy_info(p)
+    status, text = h.scrape(metrics_port)
+    assert status == 200
+    assert h.sample(h.series(text), "tenant_proxy_idle_transaction_timeouts_total", tenant="_global") == 1
 
 
 @pytest.mark.timeout_s(120)

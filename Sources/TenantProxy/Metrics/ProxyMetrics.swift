@@ -105,6 +105,11 @@ final class ProxyMetrics: Sendable {
         case unknownKey = "unknown_key"
     }
 
+    /// A client was ended for idling inside a transaction (idle_transaction_timeout_seconds).
+    func idleTransactionTimeout(tenant: String?) {
+        registry.makeCounter(descriptor: Family.idleTransactionTimeouts.descriptor, labels: [("tenant", tenantLabel(tenant))]).increment()
+    }
+
     /// A pooled connection was lent with another tenant's context, cleared and replaced first
     /// (two more statements upstream): how well tenant affinity works for this workload.
     func contextSwitch() {
@@ -187,7 +192,7 @@ final class ProxyMetrics: Sendable {
     /// Every series family, with its name and help text in one place: the registry refuses (traps
     /// on) a second registration of a name with a different help text.
     private enum Family {
-        case authFailures, guardRefusals, poolWait, contextSwitches, cancelRequests
+        case authFailures, guardRefusals, poolWait, contextSwitches, cancelRequests, idleTransactionTimeouts
         case transactions, queries, errors, bytesReceived, bytesSent, poolWaitTotal
         case clients, upstreamConnections, waitingClients, tenantClients
 
@@ -199,6 +204,9 @@ final class ProxyMetrics: Sendable {
                 return Self.make("guard_refusals", "total", "Statements refused by a guard, by tenant and kind.")
             case .cancelRequests:
                 return Self.make("cancel_requests", "total", "Cancel requests, by where they went.")
+            case .idleTransactionTimeouts:
+                return Self.make("idle_transaction_timeouts", "total",
+                                 "Clients ended for idling inside a transaction (idle_transaction_timeout_seconds), by tenant.")
             case .poolWait:
                 return Self.make("pool_wait", "seconds", "Time clients waited for an upstream connection.")
             case .contextSwitches:

@@ -2217,6 +2217,7 @@ final class ClientSession: UpstreamConnectionOwner {
         inTransactionWatch = false
         guard transactionActivity.inTransaction, !transactionActivity.busy else { return }
         logger.info("ended client idle in transaction", metadata: ["timeout_seconds": "\(seconds)"])
+        runtime.metrics.idleTransactionTimeout(tenant: binding?.tenant?.id)
         fail(.idleTransactionTimeout(seconds: seconds))
     }
 
