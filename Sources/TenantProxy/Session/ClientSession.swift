@@ -527,10 +527,11 @@ final class ClientSession: UpstreamConnectionOwner {
             return
         }
         seenMapGeneration = runtime.mapGeneration
-        transactionPooling = runtime.config.pool.mode(user: runtime.map[user: user], database: databaseName) == .transaction
+        let config = runtime.config
+        transactionPooling = config.pool.mode(user: runtime.map[user: user], database: databaseName) == .transaction
         var sources: [(TenantSource, String)] = []
         if let tenant = token?.tenant { sources.append((.jwt, tenant)) }
-        let domain = runtime.config.tls.sniDomain
+        let domain = config.tls.sniDomain
         if !domain.isEmpty, let name = serverName, name.hasSuffix("." + domain) {
             sources.append((.sni, String(name.dropLast(domain.count + 1))))
         }
@@ -2215,7 +2216,8 @@ final class ClientSession: UpstreamConnectionOwner {
     /// the transaction open (never lent again), so the server rolls it back.
     func idleTransactionTimedOut(seconds: Int) {
         inTransactionWatch = false
-        guard transactionActivity.inTransaction, !transactionActivity.busy else { return }
+        let activity = transactionActivity
+        guard activity.inTransaction, !activity.busy else { return }
         logger.info("ended client idle in transaction", metadata: ["timeout_seconds": "\(seconds)"])
         runtime.metrics.idleTransactionTimeout(tenant: binding?.tenant?.id)
         fail(.idleTransactionTimeout(seconds: seconds))
